@@ -1,0 +1,145 @@
+"""Callbacks shared by every stage: run metadata, checkpoints, throughput/MFU, and sample generations.
+
+Stages never talk to MLflow directly; these callbacks read what a stage exposes (`stage`, `parent_run_id`,
+`samples`) and write it to the run.
+"""
+
+import os
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_llm.tracking import flatten, git_sha, package_versions
+
+
+def mlflow_logger(trainer: "pl.Trainer") -> MLFlowLogger | None:
+    """The trainer's MLflow logger, if it has one."""
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            return logger
+    return None
+
+
+class RunMetadata(pl.Callback):
+    """Records what makes a run reproducible: tags, flattened config as params, the config file as an artifact.
+
+    Tags: `lit_llm.stage`, `lit_llm.parent_run_id`, `lit_llm.git_sha`, `lit_llm.seed`, `lit_llm.data_fingerprint`,
+    and `lit_llm.version.<package>`. The resolved config is logged as `config.yaml` of this run (Lightning's
+    SaveConfigCallback writes one file per experiment and collides on the second run).
+
+    Args:
+        config: The resolved config as a nested dict.
+        config_text: The same config as YAML text.
+        seed: The seed the run used.
+    """
+
+    def __init__(self, config: dict[str, Any], config_text: str, seed: int | None) -> None:
+        self.config = config
+        self.config_text = config_text
+        self.seed = seed
+        self._logged = False
+
+    @rank_zero_only
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        logger = mlflow_logger(trainer)
+        if logger is None or self._logged:
+            return
+        client, run_id = logger.experiment, logger.run_id
+        for key, value in self.tags(trainer, pl_module).items():
+            client.set_tag(run_id, key, value)
+        logger.log_hyperparams({k: v for k, v in flatten(self.config).items() if v is not None})
+        client.log_text(run_id, self.config_text, "config.yaml")
+        self._logged = True
+
+    def tags(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, str]:
+        datamodule = getattr(trainer, "datamodule", None)
+        tags = {
+            "lit_llm.stage": getattr(pl_module, "stage", type(pl_module).__name__),
+            "lit_llm.git_sha": git_sha(),
+            "lit_llm.seed": str(self.seed),
+            "lit_llm.data_fingerprint": str(getattr(datamodule, "fingerprint", "unknown")),
+        }
+        parent = getattr(pl_module, "parent_run_id", None)
+        if parent:
+            tags["lit_llm.parent_run_id"] = parent
+        tags.update({f"lit_llm.version.{k}": v for k, v in package_versions().items()})
+        return tags
+
+
+class StageCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose default directory is `<trainer.default_root_dir>/checkpoints`, with `last.ckpt`.
+
+    A fixed, predictable place per run directory lets a later stage's config name `init_from` ahead of time.
+    """
+
+    def __init__(self, dirpath: str | None = None, save_last: bool = True, every_n_train_steps: int | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(dirpath=dirpath, save_last=save_last, every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
+
+class Throughput(pl.Callback):
+    """Logs training tokens/s and, when a peak is known, model FLOPs utilisation (MFU).
+
+    MFU = flops_per_token × tokens/s ÷ peak FLOP/s, with flops_per_token from the backbone config (attention
+    included). Tokens are counted from `batch["input_ids"]` (all positions, padding included).
+
+    Args:
+        peak_flops: Peak FLOP/s of one device at the training precision; `lit-llm bench` measures it.
+        log_every_n_steps: Averaging window in batches (default: the trainer's `log_every_n_steps`).
+    """
+
+    def __init__(self, peak_flops: float | None = None, log_every_n_steps: int | None = None) -> None:
+        self.peak_flops = peak_flops
+        self.log_every_n_steps = log_every_n_steps
+        self._tokens = 0
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
+                             batch_idx: int) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if isinstance(batch, dict) and "input_ids" in batch:
+            self._tokens += batch["input_ids"].numel() * trainer.world_size
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        if (batch_idx + 1) % every or self._start is None:
+            return
+        elapsed = time.perf_counter() - self._start
+        tokens_per_s = self._tokens / max(elapsed, 1e-9)
+        metrics = {"train/tokens_per_s": tokens_per_s}
+        flops = getattr(pl_module, "flops_per_token", None)
+        if self.peak_flops and flops:
+            metrics["train/mfu"] = flops * tokens_per_s / (self.peak_flops * trainer.world_size)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._tokens, self._start = 0, time.perf_counter()
+
+
+class SampleGenerations(pl.Callback):
+    """Logs the stage's sample generations (prompt, completion, ...) to MLflow as a table after each validation.
+
+    The stage fills `pl_module.samples` (a list of dicts with the same keys) during validation; each validation
+    writes `samples/step_<global_step>.json`, which the MLflow UI shows as a table (Artifacts / Evaluation).
+    """
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        samples = getattr(pl_module, "samples", None)
+        logger = mlflow_logger(trainer)
+        if not samples or logger is None or trainer.sanity_checking:
+            return
+        columns = {key: [str(row.get(key, "")) for row in samples] for key in samples[0]}
+        columns["step"] = [trainer.global_step] * len(samples)
+        logger.experiment.log_table(logger.run_id, data=columns,
+                                    artifact_file=f"samples/step_{trainer.global_step:07d}.json")

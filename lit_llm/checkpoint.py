@@ -1,0 +1,95 @@
+"""Reading and writing lit_llm checkpoints.
+
+A stage checkpoint is a Lightning checkpoint with one extra entry, `checkpoint["lit_llm"]`, holding only plain
+Python values (stage name, model config, tokenizer JSON, MLflow run id), so every checkpoint loads with
+`torch.load(weights_only=True)` and no checkpoint can execute code when loaded.
+
+`load_backbone` is the one entry point the later stages, `generate` and `export` use to get a model and its
+tokenizer from either one of our checkpoints or a Hugging Face Llama-format directory.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_llm.model import ModelConfig, Transformer
+from lit_llm.tokenizer import Tokenizer
+
+META_KEY = "lit_llm"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """A backbone, its tokenizer, and where they came from."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    stage: str  # "pretrain", "sft", ..., or "hf" for a Hugging Face directory
+    run_id: str | None  # MLflow run that produced the weights, when known
+    meta: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]  # the stage module's full state dict (heads included)
+
+
+def checkpoint_meta(stage: str, config: ModelConfig, tokenizer: Tokenizer, run_id: str | None) -> dict:
+    """The plain-data entry a stage adds to its checkpoint in `on_save_checkpoint`."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "model_config": config.to_dict(),
+        "tokenizer": tokenizer.to_json(),
+        "mlflow_run_id": run_id,
+    }
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file safely (`weights_only=True`) with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, ...
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def checkpoint_stage_meta(checkpoint: dict, path: str | Path) -> dict:
+    """The `lit_llm` metadata of a checkpoint, or a clear error when it is not one of ours."""
+    meta = checkpoint.get(META_KEY)
+    if not isinstance(meta, dict) or "model_config" not in meta:
+        raise ValueError(f"{path} is not a lit_llm checkpoint (no '{META_KEY}' entry with a model config)")
+    return meta
+
+
+def backbone_state(state_dict: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """The backbone's weights out of a stage module's state dict (keys under `prefix`)."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_backbone(source: str | Path, prefix: str = "model.") -> LoadedModel:
+    """Load a backbone and its tokenizer from a lit_llm checkpoint file or a Hugging Face Llama directory.
+
+    Args:
+        source: A `.ckpt` file written by any stage, or a directory with config.json + model.safetensors.
+        prefix: Where the backbone lives in the stage module's state dict.
+    """
+    source = Path(source)
+    if source.is_dir():
+        from lit_llm.hf import load_hf
+
+        model, tokenizer = load_hf(source)
+        if tokenizer is None:
+            raise ValueError(f"{source} has no tokenizer.json; a model never travels without its tokenizer")
+        return LoadedModel(model, tokenizer, "hf", None, {}, {})
+    checkpoint = read_checkpoint(source)
+    meta = checkpoint_stage_meta(checkpoint, source)
+    model = Transformer(ModelConfig.from_dict(meta["model_config"]))
+    state = checkpoint["state_dict"]
+    missing, unexpected = model.load_state_dict(backbone_state(state, prefix), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
+    if missing:
+        raise ValueError(f"{source}: backbone weights missing from the checkpoint: {missing[:5]}")
+    tokenizer = Tokenizer.from_json(meta["tokenizer"])
+    return LoadedModel(model, tokenizer, meta["stage"], meta.get("mlflow_run_id"), meta, state)

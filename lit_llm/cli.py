@@ -1,0 +1,170 @@
+"""The `lit-llm` command: Lightning's fit/validate/test/predict plus lit_llm's own commands.
+
+`lit-llm fit --config configs/pretrain/tiny.yaml` runs a stage through `LitLLMCLI`, a LightningCLI whose model
+and data are chosen by class path in the config. Every run logs to MLflow (see `tracking.py`), records its
+metadata (`callbacks.RunMetadata`) and checkpoints to `<trainer.default_root_dir>/checkpoints/last.ckpt`.
+Other commands (`generate`, `export`, ...) are plain functions registered in `COMMANDS`.
+"""
+
+import difflib
+import inspect
+import logging
+import re
+import sys
+import warnings
+from collections.abc import Callable
+
+from jsonargparse import Namespace
+
+import yaml
+from jsonargparse import lazy_instance
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_llm.callbacks import RunMetadata, SampleGenerations, StageCheckpoint, Throughput
+from lit_llm.stages.base import StageModule
+from lit_llm.tracking import MLflowLogger
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _accepted(class_path: str) -> list[str]:
+    """Parameter names of a class named by its import path (empty when it cannot be imported)."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(__import__(module_name, fromlist=[name]), name)
+        return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
+
+
+def unknown_key_hints(message: str, keys_of: Callable[[str], list[str]]) -> list[str]:
+    """One "did you mean" line per unknown key that jsonargparse's error message names."""
+    hints, owner = [], None
+    for line in message.splitlines():
+        if m := re.search(r"class_path '([\w.]+)'", line):
+            owner = m.group(1)
+        if m := re.search(r"Option '([\w.]+)' is not accepted", line):
+            valid = _accepted(owner) if owner else []
+            close = difflib.get_close_matches(m.group(1), valid, n=1, cutoff=0.5)
+            where = f" of {owner}" if owner else ""
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            hints.append(f"unknown key '{m.group(1)}'{where}{hint}")
+        if m := re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", line):
+            key = m.group(1) or m.group(2)
+            close = difflib.get_close_matches(key, keys_of(key), n=1, cutoff=0.5)
+            hints.append(f"unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+    return hints
+
+
+class LitLLMArgumentParser(LightningArgumentParser):
+    """Lightning's parser, whose errors about unknown config keys name the closest valid key first."""
+
+    def option_keys(self, message: str) -> list[str]:
+        """Option names of the subcommand parser the message is about (or of this parser)."""
+        parser = self
+        m = re.search(r"Subcommand '(\w+)'", message)
+        for action in self._actions:
+            if m and isinstance(getattr(action, "choices", None), dict) and m.group(1) in action.choices:
+                parser = action.choices[m.group(1)]
+        return [a.dest for a in parser._actions if isinstance(getattr(a, "dest", None), str)]
+
+    def error(self, message: str, ex: Exception | None = None):
+        hints = unknown_key_hints(message, lambda key: self.option_keys(message))
+        if hints:
+            message = "\n".join(hints) + "\n\ndetails:\n" + message
+        return super().error(message, ex)
+
+
+class LitLLMCLI(LightningCLI):
+    """LightningCLI with lit_llm's defaults: MLflow logging, run metadata, sample tables, checkpoints."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=StageModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,  # the config is an artifact of each MLflow run instead (RunMetadata)
+            trainer_defaults={"logger": lazy_instance(MLflowLogger)},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            parser_kwargs={"parser_mode": "yaml"},
+            parser_class=LitLLMArgumentParser,
+            args=args,
+            run=run,
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Give each stage its own run directory unless the config names one."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.get("default_root_dir") is None:
+            stage = config.model.class_path.rsplit(".", 1)[-1].lower()
+            config.trainer.default_root_dir = f"runs/{stage}"
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        text = self._parser(self.subcommand).dump(config, skip_none=False)
+        callbacks = [RunMetadata(yaml.safe_load(text), text, config.get("seed_everything")), SampleGenerations()]
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        if not any(isinstance(c, Throughput) for c in configured):
+            callbacks.append(Throughput())
+        if not any(isinstance(c, ModelCheckpoint) for c in configured):
+            callbacks.append(StageCheckpoint())
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.extend(callbacks)
+        return trainer
+
+
+class _DropTips(logging.Filter):
+    """Drop Lightning's advertising "Tip:" lines; they bury the lines users need."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def run_trainer_command(argv: list[str]) -> None:
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+    # We always pass args explicitly (in-process calls from tests and pipelines included), so Lightning's warning
+    # about args given beside sys.argv does not apply.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    LitLLMCLI(args=argv)
+
+
+def command_table() -> dict[str, tuple[Callable[[list[str]], None], str]]:
+    """Every `lit-llm` command: name -> (handler taking the remaining argv, one-line help)."""
+    from lit_llm import commands
+
+    table = {name: (lambda argv, n=name: run_trainer_command([n, *argv]), f"Lightning's {name} of a stage")
+             for name in TRAINER_COMMANDS}
+    table.update(commands.COMMANDS)
+    return table
+
+
+def print_overview(table: dict) -> None:
+    print("usage: lit-llm COMMAND [options]   (lit-llm COMMAND --help for a command's options)\n")
+    print("commands:")
+    for name, (_, help_text) in table.items():
+        print(f"  {name:<10} {help_text}")
+    print("\nexample: lit-llm fit --config configs/pretrain/tiny.yaml")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `lit-llm` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    table = command_table()
+    if not argv or argv[0] in ("-h", "--help"):
+        print_overview(table)
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        sys.exit(f"lit-llm: unknown command '{name}'.{hint} Commands: {', '.join(table)}")
+    table[name][0](rest)
+
+
+if __name__ == "__main__":
+    main()

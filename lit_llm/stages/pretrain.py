@@ -1,0 +1,129 @@
+"""PretrainLM: causal (next-token) or masked-LM pretraining of the shared backbone.
+
+The causal objective is GPT's; the masked objective is BERT's (15% of positions selected; of those 80% become
+<|mask|>, 10% a random token, 10% stay) with bidirectional attention. Both use `losses.causal_lm_loss`, which is
+a cross-entropy over non-ignored targets; for masked LM the targets are the original tokens at selected positions.
+
+The backbone is built in `configure_model`, once the data module has produced the tokenizer, so the model's
+vocabulary always equals the tokenizer's (`backbone.vocab_size` is taken from it).
+"""
+
+from dataclasses import replace
+from typing import Literal
+
+import torch
+import torchmetrics
+
+from lit_llm.checkpoint import load_backbone
+from lit_llm.data.tasks import Example, make_examples
+from lit_llm.evaluation import gold_eval
+from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
+from lit_llm.model import ModelConfig, Transformer
+from lit_llm.optim import OptimConfig
+from lit_llm.stages.base import StageModule
+
+
+class PretrainLM(StageModule):
+    """Pretraining stage.
+
+    Args:
+        backbone: Model size and shape; `vocab_size` is replaced by the tokenizer's.
+        optim: Optimizer and schedule.
+        objective: "causal" (next-token prediction) or "masked" (BERT-style masked LM, bidirectional).
+        mask_prob: Share of positions selected for prediction under the masked objective.
+        init_from: Continue pretraining from a lit_llm checkpoint or a Hugging Face Llama directory
+            (its config and tokenizer win over `backbone` and the data module's tokenizer).
+        activation_checkpointing: Recompute each block in the backward pass to save activation memory.
+        gold_eval_examples: Held-out task-world questions answered greedily at each validation
+            (val/gold_accuracy); only when the data is the task world. 0 disables it.
+        gold_max_new_tokens: Tokens generated per gold question.
+        num_samples: Sample generations logged to MLflow at each validation.
+    """
+
+    stage = "pretrain"
+
+    def __init__(
+        self,
+        backbone: ModelConfig | None = None,
+        optim: OptimConfig | None = None,
+        objective: Literal["causal", "masked"] = "causal",
+        mask_prob: float = 0.15,
+        init_from: str | None = None,
+        activation_checkpointing: bool = False,
+        gold_eval_examples: int = 64,
+        gold_max_new_tokens: int = 12,
+        num_samples: int = 4,
+    ) -> None:
+        super().__init__(optim)
+        self.backbone_config = backbone or ModelConfig()
+        self.objective, self.mask_prob, self.init_from = objective, mask_prob, init_from
+        self.activation_checkpointing = activation_checkpointing
+        self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
+        self.num_samples = num_samples
+        self.val_ppl = torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX)
+        self.val_gold = torchmetrics.MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        if self.init_from:
+            loaded = load_backbone(self.init_from)
+            self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
+        else:
+            self.tokenizer = self.trainer.datamodule.tokenizer
+            self.model = Transformer(replace(self.backbone_config, vocab_size=self.tokenizer.vocab_size))
+        self.model.activation_checkpointing = self.activation_checkpointing
+
+    def mask_tokens(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT's 80/10/10 corruption of a `mask_prob` share of positions; returns (inputs, targets), (B, T) each."""
+        if self.tokenizer.mask_id is None:
+            raise ValueError("the masked objective needs a tokenizer with a <|mask|> token")
+        selected = torch.rand(input_ids.shape, device=input_ids.device) < self.mask_prob
+        targets = input_ids.masked_fill(~selected, IGNORE_INDEX)
+        roll = torch.rand(input_ids.shape, device=input_ids.device)
+        inputs = input_ids.masked_fill(selected & (roll < 0.8), self.tokenizer.mask_id)
+        random_tokens = torch.randint_like(input_ids, self.model.config.vocab_size)
+        inputs = torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_tokens, inputs)
+        return inputs, targets
+
+    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, logits (B, T, V) and targets (B, T) of a batch under the configured objective."""
+        if self.objective == "masked":
+            inputs, targets = self.mask_tokens(batch["input_ids"])
+            logits = self.model(inputs, causal=False)
+        else:
+            targets = batch["labels"]
+            logits = self.model(batch["input_ids"])
+        return causal_lm_loss(logits, targets), logits, targets
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self.forward_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logits, targets = self.forward_loss(batch)
+        self.val_ppl.update(logits.float(), targets)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/ppl", self.val_ppl.compute(), sync_dist=True)
+        self.val_ppl.reset()
+        if self.gold_eval_examples and getattr(self.trainer.datamodule, "is_task_world", False):
+            self.run_gold_eval()
+
+    def render_question(self, example: Example) -> list[int]:
+        """A base model sees questions as the corpus shows them: a new document "Q: ...\\nA:"."""
+        return self.tokenizer.encode(f"Q: {example.prompt}\nA:", bos=self.tokenizer.bos_id is not None)
+
+    def run_gold_eval(self) -> None:
+        """val/gold_accuracy on held-out task-world questions, each rank answering its share."""
+        examples = make_examples(self.gold_eval_examples, split="val", seed=0)
+        rank, world = self.global_rank, self.trainer.world_size
+        rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
+                         self.gold_max_new_tokens)
+        for row in rows:
+            self.val_gold.update(float(row["correct"]))
+        self.log("val/gold_accuracy", self.val_gold.compute())
+        self.val_gold.reset()
+        self.samples = rows[: self.num_samples]

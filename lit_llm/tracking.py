@@ -1,0 +1,92 @@
+"""MLflow as the default logger, and the run metadata every stage records.
+
+The default store is the embedded `sqlite:///mlflow.db` in the working directory (MLflow 3 refuses the old
+`file:./mlruns` store); `MLFLOW_TRACKING_URI` or `tracking_uri` points it at a server instead.
+"""
+
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TRACKED_PACKAGES = ("lit-llm", "torch", "lightning", "mlflow", "tokenizers", "datasets", "transformers")
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The explicit URI, else `MLFLOW_TRACKING_URI`, else the embedded sqlite store."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class MLflowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger with lit_llm's defaults.
+
+    Args:
+        experiment_name: MLflow experiment; runs of one pipeline share it.
+        run_name: Display name of the run (MLflow picks one when omitted).
+        tracking_uri: Tracking server or store; default `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`.
+        tags: Extra tags for the run.
+        artifact_location: Where a newly created experiment stores artifacts (the store's default when omitted).
+        run_id: Continue logging into this existing run (used when resuming).
+    """
+
+    def __init__(
+        self,
+        experiment_name: str = "lit_llm",
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        tags: dict[str, Any] | None = None,
+        artifact_location: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            experiment_name=experiment_name,
+            run_name=run_name,
+            tracking_uri=resolve_tracking_uri(tracking_uri),
+            tags=tags,
+            artifact_location=artifact_location,
+            run_id=run_id,
+        )
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str:
+    """Commit of the lit_llm checkout (or of the working directory), 'unknown' outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cwd in (here, os.getcwd()):
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a result, for reproducibility tags."""
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts/lists into dotted keys (MLflow params are flat)."""
+    if isinstance(config, dict):
+        items = config.items()
+    elif isinstance(config, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in config):
+        items = ((str(i), v) for i, v in enumerate(config))
+    else:
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

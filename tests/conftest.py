@@ -1,0 +1,54 @@
+"""Shared fixtures: one MLflow database per test session, a shared token cache, and one tiny pretraining run
+that the CLI, generate and export tests reuse."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lit_llm.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PRETRAIN = str(REPO / "configs" / "pretrain" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Every run of the session logs into one sqlite store (its artifacts beside it)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("token_cache")
+
+
+def micro_pretrain_args(root: Path, cache: Path, steps: int = 8) -> list[str]:
+    """The tiny pretraining recipe shrunk to seconds: a smaller model, corpus and gold eval."""
+    return [
+        "--config", TINY_PRETRAIN,
+        f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps // 2}",
+        "--trainer.log_every_n_steps=2", f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        "--trainer.logger.init_args.experiment_name=tests",
+        "--model.init_args.backbone.n_layer=2", "--model.init_args.backbone.d_model=64",
+        "--model.init_args.gold_eval_examples=8", "--model.init_args.gold_max_new_tokens=4",
+        "--data.init_args.num_docs=300", "--data.init_args.vocab_size=300", "--data.init_args.block_size=32",
+        "--data.init_args.batch_size=8", "--data.init_args.val_samples=8", f"--data.init_args.cache_dir={cache}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain(tmp_path_factory: pytest.TempPathFactory, token_cache: Path) -> Path:
+    """Run directory of one micro pretraining run (checkpoint at checkpoints/last.ckpt)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    main(["fit", *micro_pretrain_args(root, token_cache)])
+    return root
