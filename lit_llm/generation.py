@@ -1,0 +1,193 @@
+"""Batched autoregressive generation for left-padded prompts (greedy, temperature, top-k, top-p).
+
+Deliberate simplifications:
+- No beam search, repetition penalty or min-length constraints.
+- ``logprobs`` are taken under softmax(logits / temperature) *before* top-k / top-p filtering: they are the
+  policy's log-probabilities that a training step (PPO) recomputes, not the truncated sampling distribution.
+- When every row has finished early, the returned tensors are shorter than ``max_new_tokens`` (N = steps run).
+- Finished rows keep being fed (as pad tokens with attention mask 0) until all rows are done; that keeps the
+  batch rectangular and the KV cache in lockstep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lit_llm.model import KVCache, Transformer
+
+
+@dataclass
+class Generation:
+    """Result of ``generate``.
+
+    Attributes:
+        tokens: (B, T_prompt + N) the left-padded prompt followed by the response.
+        response: (B, N) generated ids; positions after a row's eos hold pad_id.
+        logprobs: (B, N) float32 log-prob of each generated token under softmax(logits / temperature)
+            (temperature 0 -> plain softmax); 0 where response_mask is False.
+        response_mask: (B, N) bool, True for generated tokens up to and including the row's first eos.
+        attention_mask: (B, T_prompt + N) long, the prompt mask followed by response_mask.
+    """
+
+    tokens: Tensor
+    response: Tensor
+    logprobs: Tensor
+    response_mask: Tensor
+    attention_mask: Tensor
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists to a (B, T_max) long tensor of ids and a (B, T_max) long mask (1 = real token)."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, V) -> (B, V).
+
+    Nucleus: keep the smallest set of most likely tokens whose probability mass reaches top_p (the most likely
+    token is always kept).
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Pick next tokens from last-position logits (B, V) float32; returns ids (B,) and their logprobs (B,)."""
+    if temperature == 0:
+        next_ids = logits.argmax(-1)
+        logprobs = logits.log_softmax(-1)
+    else:
+        scaled = logits / temperature
+        logprobs = scaled.log_softmax(-1)
+        probs = filter_logits(scaled, top_k, top_p).softmax(-1)
+        next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return next_ids, logprobs.gather(-1, next_ids[:, None]).squeeze(-1)
+
+
+def _eos_tensor(eos_id: int | Sequence[int] | None, device: torch.device) -> Tensor:
+    ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | Sequence[int] | None = None,
+    pad_id: int = 0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Generation:
+    """Generate continuations for a batch of left-padded prompts.
+
+    Args:
+        model: The language model (put in eval mode for the call, previous mode restored afterwards).
+        prompt_ids: (B, T) left-padded prompt ids.
+        prompt_mask: (B, T) 1 for real prompt tokens, 0 for padding.
+        max_new_tokens: Maximum number of tokens to generate per row.
+        temperature: Softmax temperature; 0 means greedy decoding (top_k / top_p ignored).
+        top_k: Keep only the k most likely tokens when sampling.
+        top_p: Nucleus sampling mass.
+        eos_id: Token id (or ids) that end a row; None never stops early.
+        pad_id: Id written into a row after it finished.
+        generator: Random generator for reproducible sampling (must live on the model's device).
+        use_cache: Use a KV cache; False recomputes the whole sequence each step (the correctness reference).
+
+    Returns:
+        A ``Generation`` (see its docstring); N <= max_new_tokens columns (fewer when all rows stop early).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return _generate(
+            model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, generator,
+            use_cache,
+        )  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def _generate(
+    model: Transformer,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    eos_id: int | Sequence[int] | None,
+    pad_id: int,
+    generator: torch.Generator | None,
+    use_cache: bool,
+) -> Generation:
+    B, T0 = prompt_ids.shape
+    device = prompt_ids.device
+    total = T0 + max_new_tokens
+    tokens = torch.full((B, total), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((B, total), dtype=torch.long, device=device)
+    tokens[:, :T0], mask[:, :T0] = prompt_ids, prompt_mask.long()
+    logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+    eos = _eos_tensor(eos_id, device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = None
+    if use_cache:
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(model.config, B, total, device, dtype)
+
+    steps = 0
+    for step in range(max_new_tokens):
+        cur = T0 + step  # tokens[:, :cur] are known
+        if cache is None:
+            logits = model(tokens[:, :cur], attention_mask=mask[:, :cur])[:, -1]
+        else:
+            start = cache.length  # first step feeds the prompt, later steps only the newest token
+            logits = model(tokens[:, start:cur], attention_mask=mask[:, :cur], kv_cache=cache)[:, -1]
+        next_ids, next_logprobs = sample_next(logits, temperature, top_k, top_p, generator)
+        active = ~done
+        tokens[:, cur] = torch.where(active, next_ids, torch.full_like(next_ids, pad_id))
+        mask[:, cur] = active.long()
+        logprobs[:, step] = torch.where(active, next_logprobs, torch.zeros_like(next_logprobs))
+        done = done | (active & torch.isin(next_ids, eos))
+        steps = step + 1
+        if bool(done.all()):
+            break
+
+    end = T0 + steps
+    return Generation(
+        tokens=tokens[:, :end],
+        response=tokens[:, T0:end],
+        logprobs=logprobs[:, :steps],
+        response_mask=mask[:, T0:end].bool(),
+        attention_mask=mask[:, :end],
+    )
