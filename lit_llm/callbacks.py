@@ -4,12 +4,13 @@ Stages never talk to MLflow directly; these callbacks read what a stage exposes 
 `samples`) and write it to the run.
 """
 
+import json
 import os
 import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -143,3 +144,24 @@ class SampleGenerations(pl.Callback):
         columns["step"] = [trainer.global_step] * len(samples)
         logger.experiment.log_table(logger.run_id, data=columns,
                                     artifact_file=f"samples/step_{trainer.global_step:07d}.json")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what `lit-llm predict` returns (rows of dicts) to `<default_root_dir>/predictions.jsonl`.
+
+    Each rank writes its own rows (`predictions.rank<N>.jsonl` when there are several ranks).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", predictions: Any,
+                           batch_indices: Any) -> None:
+        name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.jsonl"
+        path = os.path.join(trainer.default_root_dir, name)
+        os.makedirs(trainer.default_root_dir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for batch in predictions:
+                for row in batch:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"wrote {sum(len(b) for b in predictions)} predictions to {path}")

@@ -22,7 +22,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_llm.callbacks import RunMetadata, SampleGenerations, StageCheckpoint, Throughput
+from lit_llm.callbacks import PredictionWriter, RunMetadata, SampleGenerations, StageCheckpoint, Throughput
 from lit_llm.stages.base import StageModule
 from lit_llm.tracking import MLflowLogger
 
@@ -106,7 +106,8 @@ class LitLLMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         config = self.config[self.subcommand] if self.subcommand else self.config
         text = self._parser(self.subcommand).dump(config, skip_none=False)
-        callbacks = [RunMetadata(yaml.safe_load(text), text, config.get("seed_everything")), SampleGenerations()]
+        callbacks = [RunMetadata(yaml.safe_load(text), text, config.get("seed_everything")), SampleGenerations(),
+                     PredictionWriter()]
         configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if not any(isinstance(c, Throughput) for c in configured):
             callbacks.append(Throughput())

@@ -79,3 +79,18 @@ def test_masked_lm_objective_trains(tmp_path: Path, token_cache: Path) -> None:
     main(["fit", *args, "--model.init_args.objective=masked", "--model.init_args.gold_eval_examples=0"])
     checkpoint = torch.load(last_ckpt(tmp_path), weights_only=True)
     assert checkpoint["global_step"] == 4
+
+
+def test_validate_test_and_predict_commands(tiny_pretrain: Path, tmp_path: Path, token_cache: Path,
+                                            mlflow_db: str) -> None:
+    args = micro_pretrain_args(tmp_path, token_cache)
+    ckpt = f"--ckpt_path={last_ckpt(tiny_pretrain)}"
+    main(["test", *args, ckpt])
+    prompts = json.dumps(["Q: What is 1 plus 1?\nA:", "Q: Spell dog.\nA:"])
+    main(["predict", *args, ckpt, f"--data.init_args.predict_prompts={prompts}"])
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Q: What is 1 plus 1?\nA:", "Q: Spell dog.\nA:"]
+    client = MlflowClient(mlflow_db)
+    test_runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                                   filter_string="metrics.`test/loss` > 0")
+    assert test_runs and "test/gold_accuracy" in test_runs[0].data.metrics

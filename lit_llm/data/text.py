@@ -2,6 +2,7 @@
 
 Sources: the built-in task world (`source: tasks`), a local file or folder (txt, jsonl, json, parquet), or a
 Hugging Face hub dataset name, all read through `datasets`. A .txt file is one document (`sample_by="document"`).
+A directory written by `lit-llm prepare` (tokenizer.json, train.bin, val.bin, meta.json) is read as it is.
 
 Tokenization happens once: the token streams are written as flat uint16/uint32 files under
 `cache_dir/<fingerprint>/` and read back as numpy memmaps, so the corpus never has to fit in memory twice and a
@@ -26,10 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_llm.data.sources import load_texts, source_fingerprint
-from lit_llm.data.tasks import pretrain_corpus
+from lit_llm.data.tasks import make_examples, pretrain_corpus
 from lit_llm.tokenizer import Tokenizer
 
 TASKS_SOURCE = "tasks"
+PREPARED_MARKER = "meta.json"  # written last, so its presence means the folder is complete
 
 
 class PackedBlocks(Dataset):
@@ -118,6 +120,8 @@ class TextDataModule(pl.LightningDataModule):
         seed: Seed for the task world, the document split and the sampling order.
         cache_dir: Where token streams are cached, one folder per fingerprint.
         num_workers: DataLoader worker processes.
+        predict_prompts: Prompts that `lit-llm predict` completes; default for the task world: its test-split
+            questions as "Q: ...\\nA:" documents.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class TextDataModule(pl.LightningDataModule):
         seed: int = 0,
         cache_dir: str = "data/cache",
         num_workers: int = 0,
+        predict_prompts: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.source, self.text_field, self.hub_name, self.hub_split = source, text_field, hub_name, hub_split
@@ -147,6 +152,7 @@ class TextDataModule(pl.LightningDataModule):
         self.sampling, self.train_samples, self.val_samples = sampling, train_samples, val_samples
         self.num_docs, self.max_digits, self.seed = num_docs, max_digits, seed
         self.cache_dir, self.num_workers = Path(cache_dir), num_workers
+        self.predict_prompts = predict_prompts
         self.tokenizer: Tokenizer | None = None
         self.fingerprint: str | None = None
         self.train_tokens: np.ndarray | None = None
@@ -154,7 +160,11 @@ class TextDataModule(pl.LightningDataModule):
 
     @property
     def is_task_world(self) -> bool:
-        return self.source == TASKS_SOURCE
+        """Whether the data is the task world: `source: tasks`, or a `lit-llm prepare` folder built from it."""
+        if self.source == TASKS_SOURCE:
+            return True
+        marker = Path(self.source) / PREPARED_MARKER
+        return marker.is_file() and bool(json.loads(marker.read_text()).get("task_world", False))
 
     def _options(self) -> dict:
         return {
@@ -199,15 +209,24 @@ class TextDataModule(pl.LightningDataModule):
         for split, docs in (("train", train_docs), ("val", val_docs)):
             ids = tokenizer.encode_batch(docs, bos=tokenizer.bos_id is not None)
             counts[split] = write_tokens(folder / f"{split}.bin", ids, tokenizer.eos_id, dtype)
-        meta = {"dtype": dtype.name, "tokens": counts, "documents": {"train": len(train_docs), "val": len(val_docs)}}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+        meta = {"dtype": dtype.name, "tokens": counts, "documents": {"train": len(train_docs), "val": len(val_docs)},
+                "fingerprint": folder.name}
+        (folder / PREPARED_MARKER).write_text(json.dumps(meta, indent=2))
 
     def prepare_data(self) -> None:
         folder = self._cache_folder()
-        if not (folder / "meta.json").exists():
+        if not (folder / PREPARED_MARKER).exists():
             self._build_cache(folder)
 
+    @property
+    def is_prepared(self) -> bool:
+        """Whether `source` is a directory of token streams written by `lit-llm prepare`."""
+        return (Path(self.source) / PREPARED_MARKER).is_file()
+
     def _cache_folder(self) -> Path:
+        if self.is_prepared:
+            self.fingerprint = json.loads((Path(self.source) / PREPARED_MARKER).read_text()).get("fingerprint")
+            return Path(self.source)
         if self.fingerprint is None:
             source = "tasks" if self.is_task_world else self.source
             self.fingerprint = source_fingerprint(source, self._options())
@@ -215,9 +234,9 @@ class TextDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         folder = self._cache_folder()
-        if not (folder / "meta.json").exists():  # prepare_data runs on rank 0 only; single-process callers land here
+        if not (folder / PREPARED_MARKER).exists():  # prepare_data runs on rank 0 only; direct callers land here
             self._build_cache(folder)
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / PREPARED_MARKER).read_text())
         self.tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
         self.train_tokens = read_tokens(folder / "train.bin", np.dtype(meta["dtype"]))
         self.val_tokens = read_tokens(folder / "val.bin", np.dtype(meta["dtype"]))
@@ -236,3 +255,16 @@ class TextDataModule(pl.LightningDataModule):
         if self.val_samples is not None and self.val_samples < len(ds):
             ds = torch.utils.data.Subset(ds, range(self.val_samples))
         return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out validation text (text sources have two splits); the task world's gold evaluation uses its
+        separate test split of questions."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        prompts = self.predict_prompts
+        if prompts is None and self.is_task_world:
+            prompts = [f"Q: {ex.prompt}\nA:" for ex in make_examples(64, split="test", seed=self.seed)]
+        if not prompts:
+            raise ValueError("lit-llm predict needs prompts: set data.init_args.predict_prompts")
+        return DataLoader(prompts, batch_size=self.batch_size, collate_fn=list)

@@ -16,7 +16,7 @@ import torchmetrics
 
 from lit_llm.checkpoint import load_backbone
 from lit_llm.data.tasks import Example, make_examples
-from lit_llm.evaluation import gold_eval
+from lit_llm.evaluation import generate_texts, gold_eval
 from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.optim import OptimConfig
@@ -60,8 +60,8 @@ class PretrainLM(StageModule):
         self.activation_checkpointing = activation_checkpointing
         self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
         self.num_samples = num_samples
-        self.val_ppl = torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX)
-        self.val_gold = torchmetrics.MeanMetric()
+        self.eval_ppl = torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX)
+        self.eval_gold = torchmetrics.MeanMetric()
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -102,28 +102,47 @@ class PretrainLM(StageModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.eval_step(batch, "test")
+
+    def eval_step(self, batch: dict[str, torch.Tensor], prefix: str) -> None:
         loss, logits, targets = self.forward_loss(batch)
-        self.val_ppl.update(logits.float(), targets)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.eval_ppl.update(logits.float(), targets)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/ppl", self.val_ppl.compute(), sync_dist=True)
-        self.val_ppl.reset()
+        self.eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.eval_epoch_end("test")
+
+    def eval_epoch_end(self, prefix: str) -> None:
+        self.log(f"{prefix}/ppl", self.eval_ppl.compute())
+        self.eval_ppl.reset()
         if self.gold_eval_examples and getattr(self.trainer.datamodule, "is_task_world", False):
-            self.run_gold_eval()
+            self.run_gold_eval(prefix)
+
+    def predict_step(self, batch: list[str], batch_idx: int) -> list[dict]:
+        """Greedy completions of a batch of prompt strings (see `TextDataModule.predict_prompts`)."""
+        prompts = [self.tokenizer.encode(p, bos=self.tokenizer.bos_id is not None) for p in batch]
+        completions = generate_texts(self.model, self.tokenizer, prompts, self.gold_max_new_tokens)
+        return [{"prompt": p, "completion": c} for p, c in zip(batch, completions)]
 
     def render_question(self, example: Example) -> list[int]:
         """A base model sees questions as the corpus shows them: a new document "Q: ...\\nA:"."""
         return self.tokenizer.encode(f"Q: {example.prompt}\nA:", bos=self.tokenizer.bos_id is not None)
 
-    def run_gold_eval(self) -> None:
-        """val/gold_accuracy on held-out task-world questions, each rank answering its share."""
-        examples = make_examples(self.gold_eval_examples, split="val", seed=0)
+    def run_gold_eval(self, split: str = "val") -> None:
+        """<split>/gold_accuracy on held-out task-world questions (val or test split), each rank answering its
+        share."""
+        examples = make_examples(self.gold_eval_examples, split=split, seed=0)
         rank, world = self.global_rank, self.trainer.world_size
         rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
                          self.gold_max_new_tokens)
         for row in rows:
-            self.val_gold.update(float(row["correct"]))
-        self.log("val/gold_accuracy", self.val_gold.compute())
-        self.val_gold.reset()
+            self.eval_gold.update(float(row["correct"]))
+        self.log(f"{split}/gold_accuracy", self.eval_gold.compute())
+        self.eval_gold.reset()
         self.samples = rows[: self.num_samples]
