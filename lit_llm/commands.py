@@ -59,7 +59,15 @@ def export_command(argv: list[str]) -> None:
     print(f"wrote {args.out_dir} (stage {loaded.stage}, {loaded.model.num_params():,} parameters)")
 
 
+def prepare_command(argv: list[str]) -> None:
+    """Clean, deduplicate, filter and mix text sources, train the tokenizer, write token shards."""
+    from lit_llm.data.prepare import prepare_command as run_prepare  # heavy imports (datasketch, langid) on use
+
+    run_prepare(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "generate": (generate_command, "complete a prompt with a checkpoint or HF directory"),
     "export": (export_command, "checkpoint -> Hugging Face Llama directory"),
+    "prepare": (prepare_command, "clean, dedup, filter, mix, tokenize"),
 }

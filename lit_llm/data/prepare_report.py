@@ -1,0 +1,144 @@
+"""The report of `lit-llm prepare`: stats.json, a console summary, and the run's MLflow record.
+
+Stats layout (all counts are documents, characters or tokens; tokens are counted with the final tokenizer on
+the normalised text, bos and eos included, for removed documents too):
+
+    read:   {source: {documents, chars}}
+    steps:  {step: {seconds, reasons?, sources: {source|"total": {documents_in, documents_out, removed,
+             removed_rate, chars_in, chars_out, tokens_in, tokens_out}}}}
+    kept:   {source: {documents, chars, tokens}}
+    mix:    {"train"|"val": {source: {available_tokens, target_tokens, tokens, documents, epochs, share,
+             target_share}}}
+    tokenizer, output, timing, fingerprint, seed
+
+The MLflow run (tag lit_llm.stage=prepare) gets the flattened config as params, every number of the stats as a
+metric (dotted keys, e.g. `steps.exact_dedup.sources.total.removed_rate`), and stats.json + config.yaml as
+artifacts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lit_llm.data.cleaning import STEPS, Cleaned
+from lit_llm.tracking import flatten, git_sha, package_versions, resolve_tracking_uri
+
+MLFLOW_BATCH = 100  # MLflow stores accept at most 100 params / 1000 metrics per log_batch call
+
+
+def _counts(mask: np.ndarray, chars: np.ndarray, tokens: np.ndarray) -> tuple[int, int, int]:
+    return int(mask.sum()), int(chars[mask].sum()), int(tokens[mask].sum())
+
+
+def step_stats(cleaned: Cleaned, names: Sequence[str], tokens: np.ndarray, ran: Sequence[str]) -> dict:
+    """Documents, characters and tokens of each source before and after each step that ran."""
+    source, chars, removed = np.asarray(cleaned.dataset["source"], dtype=np.int64), cleaned.chars, cleaned.removed_by
+    groups = {name: source == i for i, name in enumerate(names)} | {"total": np.ones(len(source), dtype=bool)}
+    out = {}
+    for k, step in enumerate(STEPS):
+        if step not in ran:
+            continue
+        alive_in = (removed < 0) | (removed >= k)
+        alive_out = alive_in & (removed != k)
+        per_source = {}
+        for name, mine in groups.items():
+            d_in, c_in, t_in = _counts(alive_in & mine, cleaned.raw_chars if k == 0 else chars, tokens)
+            d_out, c_out, t_out = _counts(alive_out & mine, chars, tokens)
+            per_source[name] = {"documents_in": d_in, "documents_out": d_out, "removed": d_in - d_out,
+                                "removed_rate": (d_in - d_out) / d_in if d_in else 0.0, "chars_in": c_in,
+                                "chars_out": c_out, "tokens_in": t_in, "tokens_out": t_out}
+        out[step] = {"seconds": cleaned.seconds.get(step, 0.0), "sources": per_source}
+        if step in cleaned.reasons:
+            out[step]["reasons"] = cleaned.reasons[step]
+    return out
+
+
+def read_and_kept(cleaned: Cleaned, names: Sequence[str], tokens: np.ndarray) -> tuple[dict, dict]:
+    """Per source: what was read (documents, raw characters) and what survived cleaning."""
+    source, chars = np.asarray(cleaned.dataset["source"], dtype=np.int64), cleaned.chars
+    kept = cleaned.removed_by < 0
+    read, survived = {}, {}
+    for i, name in enumerate(names):
+        mine = source == i
+        read[name] = {"documents": int(mine.sum()), "chars": int(cleaned.raw_chars[mine].sum())}
+        d, c, t = _counts(kept & mine, chars, tokens)
+        survived[name] = {"documents": d, "chars": c, "tokens": t}
+    return read, survived
+
+
+def mix_stats(info: list[dict], names: Sequence[str]) -> dict:
+    """Per source, the mixing plan and outcome in tokens."""
+    return {name: {"available_tokens": int(p["available"]), "target_tokens": round(p["target"]),
+                   "tokens": int(p["size"]), "documents": p["documents"], "epochs": p["epochs"],
+                   "share": p["share"], "target_share": p["target_share"]} for name, p in zip(names, info)}
+
+
+def summary(stats: dict) -> str:
+    """A short human-readable table of what each step removed and the final shares."""
+    names = list(stats["read"])
+    lines = [f"{'step':<12}" + "".join(f"{n[:14]:>16}" for n in names + ["total"])]
+    for step, s in stats["steps"].items():
+        row = [f"-{s['sources'][n]['removed']} ({100 * s['sources'][n]['removed_rate']:.1f}%)"
+               for n in names + ["total"]]
+        lines.append(f"{step:<12}" + "".join(f"{r:>16}" for r in row))
+    for split in ("train", "val"):
+        shares = ", ".join(f"{n} {100 * m['share']:.1f}% (target {100 * m['target_share']:.1f}%, "
+                           f"{m['epochs']:.2f} epochs)" for n, m in stats["mix"][split].items())
+        lines.append(f"{split}: {stats['output'][f'{split}_tokens']:,} tokens in "
+                     f"{stats['output'][f'{split}_documents']:,} documents; {shares}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------ MLflow
+def run_tags(seed: int, fingerprint: str) -> dict[str, str]:
+    tags = {"lit_llm.stage": "prepare", "lit_llm.git_sha": git_sha(), "lit_llm.seed": str(seed),
+            "lit_llm.data_fingerprint": fingerprint}
+    tags.update({f"lit_llm.version.{k}": v for k, v in package_versions().items()})
+    return tags
+
+
+@contextmanager
+def tracked_run(enabled: bool, experiment_name: str, run_name: str | None, tracking_uri: str | None,
+                tags: dict[str, str]) -> Iterator[tuple[Any, str] | None]:
+    """An MLflow run around the prepare work: yields (client, run_id), or None when tracking is off.
+
+    The run ends FINISHED, or FAILED when the work raises.
+    """
+    if not enabled:
+        yield None
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+    try:
+        yield client, run_id
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_prepare(client: Any, run_id: str, config: dict, stats: dict, files: Sequence[Path]) -> None:
+    """Config as params, stats numbers as metrics, `files` (stats.json, config.yaml) as artifacts."""
+    from mlflow.entities import Metric, Param
+
+    params = [Param(k, str(v)) for k, v in flatten(config).items() if v is not None]
+    numbers = {k: float(v) for k, v in flatten(stats).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in sorted(numbers.items())]
+    for i in range(0, len(params), MLFLOW_BATCH):
+        client.log_batch(run_id, params=params[i : i + MLFLOW_BATCH])
+    for i in range(0, len(metrics), MLFLOW_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + MLFLOW_BATCH])
+    for path in files:
+        client.log_artifact(run_id, str(path))
