@@ -135,7 +135,9 @@ class SampleGenerations(pl.Callback):
     """
 
     @rank_zero_only
-    def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the module's, which
+        # is where the stage fills `samples`.
         samples = getattr(pl_module, "samples", None)
         logger = mlflow_logger(trainer)
         if not samples or logger is None or trainer.sanity_checking:
