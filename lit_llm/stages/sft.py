@@ -1,0 +1,127 @@
+"""SFTModule: supervised fine-tuning of a pretrained backbone on instruction and chat data.
+
+The loss is next-token cross-entropy on the assistant's tokens only (the data module's labels carry
+`IGNORE_INDEX` elsewhere), averaged over the target tokens of a batch; packed rows pass `doc_ids` so attention
+and positions stay inside each example.
+
+The backbone and its tokenizer are loaded in `__init__` from `init_from` (a lit_llm checkpoint of any stage or a
+Hugging Face Llama directory), because the data module tokenizes with the model's tokenizer in its `setup`, which
+Lightning runs before the module's `configure_model`. The MLflow run of the starting checkpoint becomes this run's
+parent (`lit_llm.parent_run_id`).
+
+Validation: val/loss (token-weighted mean over the validation targets, so val/ppl = exp(val/loss) exactly),
+val/ppl and val/gold_accuracy: batched greedy answers (KV cache) to held-out task-world questions rendered with
+the chat template (user message = the question, generation prompt on, stopping at the end-of-turn token).
+
+Deliberate simplification: train/loss is the mean over each batch's target tokens, so with gradient accumulation
+batches with more targets do not weigh more.
+"""
+
+import torch
+import torchmetrics
+
+from lit_llm.checkpoint import load_backbone
+from lit_llm.data.tasks import Example, make_examples
+from lit_llm.evaluation import gold_eval
+from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
+from lit_llm.optim import OptimConfig
+from lit_llm.stages.base import StageModule
+
+
+class SFTModule(StageModule):
+    """Supervised fine-tuning stage.
+
+    Args:
+        init_from: Starting weights and tokenizer: a lit_llm `.ckpt` (e.g. the pretraining run's last.ckpt) or a
+            Hugging Face Llama directory. Required.
+        optim: Optimizer and schedule.
+        activation_checkpointing: Recompute each block in the backward pass to save activation memory.
+        gold_eval_examples: Held-out task-world questions answered greedily at each validation
+            (val/gold_accuracy); 0 disables it.
+        gold_max_new_tokens: Tokens generated per gold question.
+        gold_max_digits: Difficulty of the gold questions (the task world's `max_digits`).
+        gold_batch_size: Questions generated per batch.
+        num_samples: Sample generations logged to MLflow at each validation.
+    """
+
+    stage = "sft"
+
+    def __init__(
+        self,
+        init_from: str,
+        optim: OptimConfig | None = None,
+        activation_checkpointing: bool = False,
+        gold_eval_examples: int = 64,
+        gold_max_new_tokens: int = 16,
+        gold_max_digits: int = 2,
+        gold_batch_size: int = 32,
+        num_samples: int = 4,
+    ) -> None:
+        super().__init__(optim)
+        self.init_from = init_from
+        loaded = load_backbone(init_from)
+        self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
+        self.model.activation_checkpointing = activation_checkpointing
+        self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
+        self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
+        self.val_loss = torchmetrics.MeanMetric()
+        self.val_gold = torchmetrics.MeanMetric()
+
+    def setup(self, stage: str) -> None:
+        """Record the data module's counts (examples, truncated, dropped...) as run params."""
+        stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer.datamodule else None
+        if not stats:
+            return
+        params = {f"data_stats.{split}.{k}": v for split, s in stats.items() for k, v in s.to_dict().items()}
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
+
+    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss over the batch's target tokens, and the number of target tokens."""
+        logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                            doc_ids=batch.get("doc_ids"))  # (B, T, V)
+        labels = batch["labels"]  # (B, T), already shifted by the data module
+        return causal_lm_loss(logits, labels), (labels != IGNORE_INDEX).sum()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.forward_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, n_targets = self.forward_loss(batch)
+        if n_targets > 0:
+            self.val_loss.update(loss, weight=n_targets)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss))
+        if self.gold_eval_examples and not self.trainer.sanity_checking:
+            self.run_gold_eval()
+
+    def system_prompt(self) -> str | None:
+        """The data module's system prompt, so the gold questions look like the training conversations."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return getattr(datamodule, "system_prompt", None)
+
+    def render_question(self, example: Example) -> list[int]:
+        """A question as a chat: [system], user = the question, then the assistant header."""
+        system = self.system_prompt()
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": example.prompt})
+        return self.tokenizer.render_chat(messages, add_generation_prompt=True)[0]
+
+    def run_gold_eval(self) -> None:
+        """val/gold_accuracy on held-out task-world questions, each rank answering its share."""
+        examples = make_examples(self.gold_eval_examples, split="val", seed=0, max_digits=self.gold_max_digits)
+        rank, world = self.global_rank, self.trainer.world_size
+        rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
+                         self.gold_max_new_tokens, stop_ids=self.tokenizer.chat_stop_ids(),
+                         batch_size=self.gold_batch_size)
+        for row in rows:
+            self.val_gold.update(float(row["correct"]))
+        self.log("val/gold_accuracy", self.val_gold.compute())
+        self.val_gold.reset()
+        self.samples = rows[: self.num_samples]
