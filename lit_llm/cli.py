@@ -104,18 +104,18 @@ class LitLLMCLI(LightningCLI):
             config.trainer.default_root_dir = f"runs/{stage}"
 
     def instantiate_trainer(self, **kwargs):
+        """The configured trainer plus lit_llm's callbacks, passed at construction so that our StageCheckpoint
+        replaces Lightning's default ModelCheckpoint instead of running beside it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         text = self._parser(self.subcommand).dump(config, skip_none=False)
         callbacks = [RunMetadata(yaml.safe_load(text), text, config.get("seed_everything")), SampleGenerations(),
                      PredictionWriter()]
-        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         if not any(isinstance(c, Throughput) for c in configured):
             callbacks.append(Throughput())
         if not any(isinstance(c, ModelCheckpoint) for c in configured):
             callbacks.append(StageCheckpoint())
-        trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.extend(callbacks)
-        return trainer
+        return super().instantiate_trainer(**kwargs, callbacks=configured + callbacks)
 
 
 class _DropTips(logging.Filter):

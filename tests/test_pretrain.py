@@ -94,3 +94,8 @@ def test_validate_test_and_predict_commands(tiny_pretrain: Path, tmp_path: Path,
     test_runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
                                    filter_string="metrics.`test/loss` > 0")
     assert test_runs and "test/gold_accuracy" in test_runs[0].data.metrics
+
+
+def test_checkpoints_are_written_once_in_the_run_directory(tiny_pretrain: Path) -> None:
+    written = sorted(p.relative_to(tiny_pretrain) for p in tiny_pretrain.rglob("*.ckpt"))
+    assert written == [Path("checkpoints/epoch=0-step=8.ckpt"), Path("checkpoints/last.ckpt")]
