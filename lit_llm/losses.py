@@ -44,3 +44,161 @@ def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if not bool((flat_targets != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), flat_targets, ignore_index=IGNORE_INDEX)
+
+
+def reward_pair_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Bradley–Terry pairwise loss of a reward model, per pair: −log σ(r_c − r_r − m).
+
+    The reward-model objective of InstructGPT (Ouyang et al. 2022, eq. 1), with the optional margin of Llama 2
+    (Touvron et al. 2023, eq. 2): a pair with margin m counts as won only once r_c exceeds r_r by m.
+
+    Args:
+        chosen: (P,) rewards of the preferred responses.
+        rejected: (P,) rewards of the other responses.
+        margin: (P,) per-pair margins, or None for 0.
+
+    Returns:
+        (P,) float32 losses (the caller weights and reduces them).
+    """
+    diff = chosen.float() - rejected.float()
+    if margin is not None:
+        diff = diff - margin.float()
+    return -F.logsigmoid(diff)  # logsigmoid is stable for large |diff|, unlike log(sigmoid(.))
+
+
+def reward_centering_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Reward-centring penalty per pair: (r_c + r_r)², which keeps rewards near zero mean.
+
+    The Bradley–Terry loss only sees reward differences, so the reward's offset drifts freely; Eisenstein et al.
+    2023 ("Helping or Herding? Reward Model Ensembles Mitigate but do not Eliminate Reward Hacking") add
+    coef · (r_c + r_r)² (coef 0.01) to pin it. The caller multiplies by the coefficient.
+
+    Args:
+        chosen: (P,) rewards of the preferred responses.
+        rejected: (P,) rewards of the other responses.
+
+    Returns:
+        (P,) float32 penalties.
+    """
+    return (chosen.float() + rejected.float()) ** 2
+
+
+def reward_regression_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error of a reward model regressing scalar scores, per response: (r − s)².
+
+    Args:
+        predicted: (N,) rewards.
+        target: (N,) scores.
+
+    Returns:
+        (N,) float32 squared errors (their mean is the MSE).
+    """
+    return (predicted.float() - target.float()) ** 2
+
+
+# ------------------------------------------------------------------------------------------ direct preference
+# The DPO family works on the per-pair log-ratio difference
+#     h = (log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x)),
+# sequence log-probs summed over response tokens. Each function below maps h (P,) to per-pair losses (P,); the
+# caller weights and reduces them (the DPO stage: sum(weight · loss) / num_prompts, i.e. the mean over pairs for
+# plain pair data).
+
+
+def dpo_logratios(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                  ref_rejected: torch.Tensor) -> torch.Tensor:
+    """h = (log π_c − log π_ref,c) − (log π_r − log π_ref,r), per pair.
+
+    Args:
+        policy_chosen: (P,) policy sequence log-probs of the preferred responses.
+        policy_rejected: (P,) policy sequence log-probs of the other responses.
+        ref_chosen: (P,) reference log-probs of the preferred responses.
+        ref_rejected: (P,) reference log-probs of the other responses.
+
+    Returns:
+        (P,) float32 log-ratio differences.
+    """
+    return (policy_chosen.float() - ref_chosen.float()) - (policy_rejected.float() - ref_rejected.float())
+
+
+def dpo_sigmoid_loss(logratios: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO loss per pair: −log σ(β·h) (Rafailov et al. 2023, "Direct Preference Optimization", eq. 7).
+
+    Args:
+        logratios: (P,) h from `dpo_logratios`.
+        beta: Strength β of the implicit KL penalty towards the reference.
+
+    Returns:
+        (P,) float32 losses; ln 2 when the policy equals the reference (h = 0).
+    """
+    return -F.logsigmoid(beta * logratios.float())
+
+
+def cdpo_loss(logratios: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
+    """Conservative (label-smoothed) DPO per pair: −(1−ε)·log σ(β·h) − ε·log σ(−β·h).
+
+    cDPO (Mitchell 2023, "A note on DPO with noisy preferences"): each label is assumed flipped with probability
+    ε, so the target preference probability is 1−ε instead of 1 and the loss no longer pushes h to infinity.
+    ε = 0 gives `dpo_sigmoid_loss`.
+
+    Args:
+        logratios: (P,) h from `dpo_logratios`.
+        beta: Strength β of the implicit KL penalty.
+        label_smoothing: Label-flip probability ε in [0, 0.5).
+
+    Returns:
+        (P,) float32 losses.
+    """
+    z = beta * logratios.float()
+    return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+
+
+def ipo_loss(logratios: torch.Tensor, beta: float) -> torch.Tensor:
+    """IPO loss per pair: (h − 1/(2β))² (Azar et al. 2023, "A General Theoretical Paradigm to Understand
+    Learning from Human Preferences", eq. 17, with τ = β).
+
+    Regresses h to a finite target instead of pushing it up without bound, so it does not overfit
+    deterministic preferences. h uses summed (not length-averaged) sequence log-probs.
+
+    Args:
+        logratios: (P,) h from `dpo_logratios`.
+        beta: Regularisation τ; the target margin is 1/(2τ).
+
+    Returns:
+        (P,) float32 losses.
+    """
+    return (logratios.float() - 1.0 / (2.0 * beta)) ** 2
+
+
+def hinge_loss(logratios: torch.Tensor, beta: float) -> torch.Tensor:
+    """Hinge (SLiC) loss per pair: max(0, 1 − β·h).
+
+    SLiC-HF (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback", eq. 1) uses the
+    calibration loss max(0, δ − log π(y_c) + log π(y_r)); here on the reference-normalised log-ratios as in
+    the DPO family, with margin δ = 1/β.
+
+    Args:
+        logratios: (P,) h from `dpo_logratios`.
+        beta: Inverse margin 1/δ.
+
+    Returns:
+        (P,) float32 losses.
+    """
+    return torch.relu(1.0 - beta * logratios.float())
+
+
+def rpo_nll_loss(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """Length-normalised NLL of the preferred responses per pair: −log π(y_c|x) / |y_c|.
+
+    The RPO term (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1): the DPO loss plus
+    α times this keeps the chosen responses' likelihood from falling. The caller multiplies by α.
+
+    Args:
+        chosen_logps: (P,) policy sequence log-probs of the preferred responses.
+        chosen_tokens: (P,) their response token counts.
+
+    Returns:
+        (P,) float32 mean NLL per chosen token.
+    """
+    return -chosen_logps.float() / chosen_tokens.float().clamp(min=1.0)
