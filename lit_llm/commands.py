@@ -66,8 +66,16 @@ def prepare_command(argv: list[str]) -> None:
     run_prepare(argv)
 
 
+def rejection_sample_command(argv: list[str]) -> None:
+    """Best-of-n rejection sampling: SFT data and preference pairs from a policy's scored samples."""
+    from lit_llm.rejection import main as run_rejection  # loads models and MLflow only when used
+
+    run_rejection(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "generate": (generate_command, "complete a prompt with a checkpoint or HF directory"),
     "export": (export_command, "checkpoint -> Hugging Face Llama directory"),
     "prepare": (prepare_command, "clean, dedup, filter, mix, tokenize"),
+    "rejection-sample": (rejection_sample_command, "best-of-n samples -> SFT data and preference pairs"),
 }

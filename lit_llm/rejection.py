@@ -1,0 +1,217 @@
+"""Rejection sampling (best-of-n), the data step of a Llama-3-style round: sample n responses per prompt from a
+policy, score them, keep the best for SFT and best-vs-worst as a new preference pair.
+
+Prompts are task-world prompts (`tasks.ppo_prompts`, default the train split), rendered with the chat template as
+in SFT and the gold evaluation. Responses are sampled with the KV cache (`generation.generate`) and end at the
+end-of-turn token, as in the reward model's training data. Scores come from a reward-stage checkpoint
+(`load_reward_model`, normalised as (r − mean)/std) or, with `reward="gold"`, from `tasks.gold_reward` (1/0).
+
+Outputs in `out`:
+    sft.jsonl    Alpaca records {instruction, input, output, reward, task, key, answer}: the best response per
+                 prompt (read by `lit_llm.data.sft.SFTDataModule`, format "alpaca"); prompts whose best
+                 response is blank are skipped (the SFT data refuses empty outputs) and counted
+    pairs.jsonl  {prompt, chosen, rejected, chosen_reward, rejected_reward, task, key, answer}: best vs worst
+                 (read by `lit_llm.data.preference.PreferenceDataModule`, format "pairs"); prompts whose best and
+                 worst scores are equal are skipped (no preference to learn)
+    stats.json   acceptance statistics, also logged as an MLflow run (tag lit_llm.stage=rejection_sampling,
+                 lit_llm.parent_run_id = the policy's run)
+
+With `min_reward`, the best response is kept for SFT only when its score reaches it (with the gold reward and
+min_reward 1: correct answers only, as in rejection-sampling fine-tuning); by default it is always kept.
+
+Deliberate simplifications: ties are broken by sampling order; the policy and reward model must share a tokenizer.
+"""
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lit_llm.checkpoint import load_backbone
+from lit_llm.data.tasks import gold_reward, is_correct, ppo_prompts, write_jsonl
+from lit_llm.generation import Generation, generate, left_pad
+from lit_llm.tokenizer import Tokenizer
+from lit_llm.tracking import git_sha, resolve_tracking_uri
+
+STAGE = "rejection_sampling"
+# (records of the batch's rows, their decoded responses, the generation) -> (rows,) float scores
+Scorer = Callable[[list[dict], list[str], Generation], torch.Tensor]
+
+
+@dataclass
+class RejectionStats:
+    """What rejection sampling kept (written to stats.json and logged as MLflow metrics)."""
+
+    prompts: int
+    samples_per_prompt: int
+    mean_reward: float          # over all samples
+    mean_best_reward: float     # per prompt, averaged
+    mean_worst_reward: float
+    usable_pair_share: float    # share of prompts whose best score exceeds the worst
+    num_pairs: int
+    num_sft: int
+    blank_best: int             # prompts whose best response was blank (no SFT record)
+    below_min_reward: int       # prompts whose best score was below `min_reward` (no SFT record)
+    sample_gold_accuracy: float  # over all samples
+    kept_gold_accuracy: float    # of the kept (best) responses
+
+
+def gold_scorer(records: list[dict], texts: list[str], generation: Generation) -> torch.Tensor:
+    """1.0 for a response stating the gold answer, else 0.0."""
+    return torch.tensor([gold_reward(rec, text) for rec, text in zip(records, texts)])
+
+
+def reward_model_scorer(path: str, policy_tokenizer: Tokenizer) -> Scorer:
+    """A scorer from a reward-stage checkpoint: the normalised reward at each sequence's last real token."""
+    from lit_llm.stages.reward import load_reward_model
+
+    scorer, tokenizer, mean, std = load_reward_model(path)
+    if tokenizer.to_json() != policy_tokenizer.to_json():
+        raise ValueError(f"the reward model {path} uses a different tokenizer than the policy")
+
+    @torch.no_grad()
+    def score(records: list[dict], texts: list[str], generation: Generation) -> torch.Tensor:
+        # prompt (left-padded) + response (up to its end-of-turn); score() finds the last real token
+        raw = scorer.score(generation.tokens, generation.attention_mask)
+        return ((raw - mean) / std).float().cpu()
+
+    return score
+
+
+def render_prompt(tokenizer: Tokenizer, prompt: str, system_prompt: str | None) -> list[int]:
+    """The prompt as a chat: [system], user = the prompt, then the assistant header."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return tokenizer.render_chat(messages + [{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
+
+
+@torch.no_grad()
+def sample_and_score(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict], n: int, scorer: Scorer,
+                     max_new_tokens: int, temperature: float, batch_size: int, seed: int,
+                     system_prompt: str | None = None) -> tuple[list[list[str]], torch.Tensor]:
+    """n sampled responses per record and their scores: (texts [prompt][n], scores (prompts, n))."""
+    rows = [rec for rec in records for _ in range(n)]  # each prompt n times, adjacent
+    generator = torch.Generator().manual_seed(seed)
+    stop = tokenizer.chat_stop_ids()
+    texts, scores = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        ids, mask = left_pad([render_prompt(tokenizer, r["prompt"], system_prompt) for r in chunk], tokenizer.pad_id)
+        out = generate(model, ids, mask, max_new_tokens, temperature=temperature, eos_id=stop,
+                       pad_id=tokenizer.pad_id, generator=generator)
+        chunk_texts = [tokenizer.decode([t for t, keep in zip(resp, keep_mask) if keep])
+                       for resp, keep_mask in zip(out.response.tolist(), out.response_mask.tolist())]
+        texts += chunk_texts
+        scores.append(scorer(chunk, chunk_texts, out))
+    grouped = [texts[i : i + n] for i in range(0, len(texts), n)]
+    return grouped, torch.cat(scores).view(len(records), n)
+
+
+def select(records: list[dict], texts: list[list[str]], scores: torch.Tensor, n: int,
+           min_reward: float | None = None) -> tuple[list[dict], list[dict], RejectionStats]:
+    """Best response per prompt for SFT (when its score is at least `min_reward`), best-vs-worst pairs, and
+    the statistics."""
+    best, worst = scores.argmax(-1).tolist(), scores.argmin(-1).tolist()
+    sft, pairs, kept_correct, blank, low = [], [], [], 0, 0
+    for rec, options, row, b, w in zip(records, texts, scores.tolist(), best, worst):
+        ids = {"task": rec["task"], "key": rec["key"], "answer": rec["answer"]}
+        kept_correct.append(is_correct(rec, options[b]))
+        if min_reward is not None and row[b] < min_reward:
+            low += 1
+        elif options[b].strip():
+            instruction, _, inp = rec["prompt"].partition("\n")  # alpaca_prompt(instruction, input) == prompt
+            sft.append({"instruction": instruction, "input": inp, "output": options[b], "reward": row[b], **ids})
+        else:
+            blank += 1
+        if row[b] > row[w]:
+            pairs.append({"prompt": rec["prompt"], "chosen": options[b], "rejected": options[w],
+                          "chosen_reward": row[b], "rejected_reward": row[w], **ids})
+    correct = [is_correct(rec, t) for rec, options in zip(records, texts) for t in options]
+    stats = RejectionStats(
+        prompts=len(records), samples_per_prompt=n, mean_reward=scores.mean().item(),
+        mean_best_reward=scores.max(-1).values.mean().item(), mean_worst_reward=scores.min(-1).values.mean().item(),
+        usable_pair_share=len(pairs) / len(records), num_pairs=len(pairs), num_sft=len(sft), blank_best=blank,
+        below_min_reward=low,
+        sample_gold_accuracy=sum(correct) / len(correct), kept_gold_accuracy=sum(kept_correct) / len(records))
+    return sft, pairs, stats
+
+
+def log_run(stats: RejectionStats, params: dict, out: Path, parent_run_id: str | None, experiment_name: str,
+            run_name: str | None, tracking_uri: str | None) -> str:
+    """Log the statistics as an MLflow run (child of the policy's run by tag); returns its id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    tags = {"lit_llm.stage": STAGE, "lit_llm.git_sha": git_sha()}
+    if parent_run_id:
+        tags["lit_llm.parent_run_id"] = parent_run_id
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    metrics = [Metric(f"rejection/{k}", float(v), 0, 0) for k, v in asdict(stats).items()]
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+    for name in ("stats.json", "sft.jsonl", "pairs.jsonl"):
+        client.log_artifact(run_id, str(out / name))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def rejection_sample(policy: str, reward: str, prompts: int, n: int, out: str | Path, temperature: float = 1.0,
+                     max_new_tokens: int = 16, batch_size: int = 64, seed: int = 0, split: str = "train",
+                     max_digits: int = 2, system_prompt: str | None = None, min_reward: float | None = None,
+                     experiment_name: str = "lit_llm",
+                     run_name: str | None = None, tracking_uri: str | None = None) -> dict:
+    """Sample, score, select, write sft.jsonl / pairs.jsonl / stats.json and log the MLflow run.
+
+    Returns:
+        The statistics as a dict, with the MLflow run id under "run_id".
+    """
+    if n < 2:
+        raise ValueError(f"n must be >= 2 to form pairs, got {n}")
+    loaded = load_backbone(policy)
+    model = loaded.model.eval()
+    scorer = gold_scorer if reward == "gold" else reward_model_scorer(reward, loaded.tokenizer)
+    records = ppo_prompts(prompts, split, seed, max_digits=max_digits)
+    texts, scores = sample_and_score(model, loaded.tokenizer, records, n, scorer, max_new_tokens, temperature,
+                                     batch_size, seed, system_prompt)
+    sft, pairs, stats = select(records, texts, scores, n, min_reward)
+    out = Path(out)
+    write_jsonl(sft, out / "sft.jsonl")
+    write_jsonl(pairs, out / "pairs.jsonl")
+    result = asdict(stats)
+    (out / "stats.json").write_text(json.dumps(result, indent=2))
+    params = {"policy": policy, "reward": reward, "temperature": temperature, "max_new_tokens": max_new_tokens,
+              "seed": seed, "split": split, "max_digits": max_digits, "min_reward": min_reward}
+    result["run_id"] = log_run(stats, params, out, loaded.run_id, experiment_name, run_name, tracking_uri)
+    (out / "stats.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str]) -> None:
+    """Best-of-n rejection sampling from a policy on task-world prompts: SFT data and preference pairs."""
+    parser = argparse.ArgumentParser(prog="lit-llm rejection-sample", description=main.__doc__)
+    parser.add_argument("--policy", required=True, help="policy: a lit_llm .ckpt of any stage or an HF directory")
+    parser.add_argument("--reward", required=True, help="a reward-stage .ckpt, or 'gold' for the task's gold answer")
+    parser.add_argument("--prompts", type=int, required=True, help="number of task-world prompts")
+    parser.add_argument("--n", type=int, default=4, help="responses sampled per prompt (default 4)")
+    parser.add_argument("--out", required=True, help="folder for sft.jsonl, pairs.jsonl and stats.json")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    parser.add_argument("--max_new_tokens", type=int, default=16, help="tokens per response at most (default 16)")
+    parser.add_argument("--batch_size", type=int, default=64, help="sequences generated per batch (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt draw and of sampling (default 0)")
+    parser.add_argument("--split", default="train", choices=["train", "val", "test"], help="task-world split")
+    parser.add_argument("--max_digits", type=int, default=2, help="task-world difficulty (default 2)")
+    parser.add_argument("--system_prompt", default=None, help="system message of every prompt")
+    parser.add_argument("--min_reward", type=float, default=None,
+                        help="keep a prompt's best response for SFT only when its score is at least this "
+                             "(e.g. 1 with --reward gold: correct answers only); default: always keep it")
+    parser.add_argument("--experiment_name", default="lit_llm", help="MLflow experiment (default lit_llm)")
+    parser.add_argument("--run_name", default=None, help="MLflow run name")
+    parser.add_argument("--tracking_uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or "
+                                                             "sqlite:///mlflow.db)")
+    args = vars(parser.parse_args(argv))
+    stats = rejection_sample(**args)
+    print(json.dumps(stats, indent=2))

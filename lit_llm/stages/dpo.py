@@ -1,0 +1,251 @@
+"""DPOModule: direct preference optimisation of a policy against a frozen reference (Rafailov et al. 2023).
+
+Batches come from `lit_llm.data.preference.PreferenceDataModule` (the reward stage's data): every response of a
+batch is one row of `input_ids` (N, T), already right-padded to a common length and stacked on the batch
+dimension, with pairs given as row indices. So chosen and rejected go through the policy in ONE forward pass,
+and a response shared by several pairs (ranked lists) is computed once. The sequence log-prob of a row is the
+sum of `token_logprobs` over its response targets (the data module's labels ignore prompt and padding).
+
+Losses (`loss_type`, pure functions in `lit_llm.losses` on h = the log-ratio difference): "sigmoid" (DPO),
+"cdpo" (label-smoothed DPO, `label_smoothing` ε), "ipo", "hinge" (SLiC); `rpo_alpha` > 0 adds α·NLL per chosen
+token (RPO). Per-pair losses are reduced as the reward stage does: sum(weight · loss) / num_prompts, so each
+prompt counts once (the mean over pairs for plain pair data).
+
+Reference model: loaded from `ref_from` (default: the `init_from` weights), frozen (requires_grad False, eval
+mode) and kept OUT of the module's registered submodules, so its weights never land in the policy's checkpoint
+and the optimizer never sees them; the module moves it to its device itself. With `precompute_ref_logprobs`,
+the reference scores every train and validation sequence once in `on_fit_start`, keyed by the sequence's tokens
+(so shuffling, and the same response appearing in several prompts, do not matter), and is then freed.
+
+Metrics: loss, rewards β·(log π − log π_ref) of chosen/rejected, reward_margin, reward_accuracy (share of pairs
+whose chosen reward is higher; a tie counts half), logps_chosen/logps_rejected, under train/ and val/ (val
+weighted per prompt like the loss), and val/gold_accuracy: greedy answers to held-out task-world questions with
+the chat template, as in the SFT stage.
+
+Deliberate simplifications: the precomputed cache is not stored in checkpoints (a resumed run recomputes it);
+with several devices every rank precomputes the whole dataset; the gold evaluation duplicates the SFT stage's
+few lines instead of sharing a mixin.
+"""
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+import torchmetrics
+from torch import nn
+
+from lit_llm.checkpoint import load_backbone
+from lit_llm.data.tasks import Example, make_examples
+from lit_llm.evaluation import gold_eval
+from lit_llm.losses import (IGNORE_INDEX, cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss,
+                            rpo_nll_loss, token_logprobs)
+from lit_llm.model import Transformer
+from lit_llm.optim import OptimConfig
+from lit_llm.stages.base import StageModule
+
+LossType = Literal["sigmoid", "cdpo", "ipo", "hinge"]
+# loss_type -> f(h (P,), beta, label_smoothing) -> (P,) per-pair losses
+PAIR_LOSSES: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
+    "sigmoid": lambda h, beta, eps: dpo_sigmoid_loss(h, beta),
+    "cdpo": cdpo_loss,
+    "ipo": lambda h, beta, eps: ipo_loss(h, beta),
+    "hinge": lambda h, beta, eps: hinge_loss(h, beta),
+}
+METRICS = ("loss", "rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy", "logps_chosen",
+           "logps_rejected")
+
+
+def sequence_key(input_ids: torch.Tensor, labels: torch.Tensor, length: int) -> bytes:
+    """Cache key of one row: its real tokens and targets (identical rows have identical log-probs)."""
+    return input_ids[:length].cpu().numpy().tobytes() + b"|" + labels[:length].cpu().numpy().tobytes()
+
+
+def batch_keys(batch: dict[str, torch.Tensor]) -> list[bytes]:
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    return [sequence_key(batch["input_ids"][i], batch["labels"][i], n) for i, n in enumerate(lengths)]
+
+
+class DPOModule(StageModule):
+    """Direct preference optimisation stage.
+
+    Args:
+        init_from: Policy's starting weights and tokenizer: a lit_llm `.ckpt` (usually the SFT run's last.ckpt)
+            or a Hugging Face Llama directory. Required.
+        ref_from: Reference model (same formats); default: the `init_from` weights.
+        optim: Optimizer and schedule.
+        beta: β, strength of the implicit KL penalty (the rewards are β·(log π − log π_ref)).
+        loss_type: "sigmoid" (DPO), "cdpo" (label-smoothed DPO), "ipo" or "hinge" (SLiC).
+        label_smoothing: cDPO's label-flip probability ε (loss_type "cdpo" only).
+        rpo_alpha: Weight α of the NLL per chosen token (RPO); 0 = off.
+        precompute_ref_logprobs: Score all sequences with the reference once before training, then free it.
+        activation_checkpointing: Recompute each block in the backward pass to save activation memory.
+        gold_eval_examples: Held-out task-world questions answered greedily at each validation
+            (val/gold_accuracy); 0 disables it.
+        gold_max_new_tokens: Tokens generated per gold question.
+        gold_max_digits: Difficulty of the gold questions (the task world's `max_digits`).
+        gold_batch_size: Questions generated per batch.
+        num_samples: Sample generations logged to MLflow at each validation.
+    """
+
+    stage = "dpo"
+
+    def __init__(
+        self,
+        init_from: str,
+        ref_from: str | None = None,
+        optim: OptimConfig | None = None,
+        beta: float = 0.1,
+        loss_type: LossType = "sigmoid",
+        label_smoothing: float = 0.0,
+        rpo_alpha: float = 0.0,
+        precompute_ref_logprobs: bool = False,
+        activation_checkpointing: bool = False,
+        gold_eval_examples: int = 64,
+        gold_max_new_tokens: int = 16,
+        gold_max_digits: int = 2,
+        gold_batch_size: int = 32,
+        num_samples: int = 4,
+    ) -> None:
+        super().__init__(optim)
+        if loss_type not in PAIR_LOSSES:
+            raise ValueError(f"loss_type must be one of {sorted(PAIR_LOSSES)}, got {loss_type!r}")
+        if label_smoothing and loss_type != "cdpo":
+            raise ValueError(f"label_smoothing applies to loss_type 'cdpo' only, not {loss_type!r}")
+        self.init_from, self.ref_from = init_from, ref_from
+        self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha = beta, loss_type, label_smoothing, rpo_alpha
+        self.precompute_ref_logprobs = precompute_ref_logprobs
+        self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
+        self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
+        loaded = load_backbone(init_from)
+        self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
+        self.model.activation_checkpointing = activation_checkpointing
+        self.set_reference(self.load_reference(ref_from))
+        self.ref_cache: dict[bytes, float] | None = None
+        self.val_metrics = nn.ModuleDict({name: torchmetrics.MeanMetric() for name in METRICS})
+        self.val_gold = torchmetrics.MeanMetric()
+
+    # ------------------------------------------------------------------------------------------ reference
+    def load_reference(self, ref_from: str | None) -> Transformer:
+        """The frozen reference: a copy of the starting policy, or the backbone of `ref_from`."""
+        if ref_from is None:
+            return copy.deepcopy(self.model)
+        loaded = load_backbone(ref_from)
+        if loaded.tokenizer.to_json() != self.tokenizer.to_json():
+            raise ValueError(f"ref_from {ref_from} has a different tokenizer than init_from {self.init_from}")
+        return loaded.model
+
+    def set_reference(self, model: Transformer | None) -> None:
+        """Store the reference outside `nn.Module` registration (not in state_dict, parameters() or .to())."""
+        if model is not None:
+            model.requires_grad_(False).eval()
+            model.activation_checkpointing = False
+        object.__setattr__(self, "reference", model)
+
+    def reference_model(self) -> Transformer:
+        if self.reference is None:
+            raise RuntimeError("the reference model was freed after precomputing its log-probs, and this batch "
+                               "was not precomputed")
+        if next(self.reference.parameters()).device != self.device:
+            self.reference.to(self.device)
+        return self.reference
+
+    # ----------------------------------------------------------------------------------------- log-probs
+    def sequence_logprobs(self, model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N,) float32 sum of log-probs over each row's response targets, all rows in one forward pass."""
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])  # (N, T, V)
+        return token_logprobs(logits, batch["labels"]).sum(-1)
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N,) reference log-probs: from the precomputed cache when there is one, else a forward pass."""
+        if self.ref_cache is not None:
+            keys = batch_keys(batch)
+            if all(k in self.ref_cache for k in keys):
+                return torch.tensor([self.ref_cache[k] for k in keys], device=batch["input_ids"].device)
+        return self.sequence_logprobs(self.reference_model(), batch)
+
+    @torch.no_grad()
+    def precompute(self, loaders: Iterable[Iterable[dict[str, torch.Tensor]]]) -> dict[bytes, float]:
+        """Reference log-probs of every sequence of the loaders, keyed by `sequence_key`."""
+        model, cache = self.reference_model(), {}
+        for loader in loaders:
+            for batch in loader:
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                cache.update(zip(batch_keys(batch), self.sequence_logprobs(model, batch).tolist()))
+        return cache
+
+    def on_fit_start(self) -> None:
+        """With `precompute_ref_logprobs`: score the train and val data with the reference once, then free it."""
+        if not self.precompute_ref_logprobs or self.ref_cache is not None:
+            return
+        datamodule = self.trainer.datamodule
+        self.ref_cache = self.precompute([datamodule.train_dataloader(), datamodule.val_dataloader()])
+        self.set_reference(None)
+
+    # ---------------------------------------------------------------------------------------------- loss
+    def compute(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss and per-pair values of a batch (keys of `lit_llm.data.preference`)."""
+        policy = self.sequence_logprobs(self.model, batch)  # (N,)
+        ref = self.reference_logprobs(batch)  # (N,)
+        c, r = batch["chosen_index"], batch["rejected_index"]  # (P,) rows
+        h = dpo_logratios(policy[c], policy[r], ref[c], ref[r])  # (P,)
+        per_pair = PAIR_LOSSES[self.loss_type](h, self.beta, self.label_smoothing)
+        if self.rpo_alpha:
+            tokens = (batch["labels"] != IGNORE_INDEX).sum(-1)  # (N,) response tokens per row
+            per_pair = per_pair + self.rpo_alpha * rpo_nll_loss(policy[c], tokens[c])
+        rewards_c = self.beta * (policy[c] - ref[c]).detach()
+        rewards_r = self.beta * (policy[r] - ref[r]).detach()
+        wins = (rewards_c > rewards_r).float() + 0.5 * (rewards_c == rewards_r).float()
+        return {"loss": (batch["weight"] * per_pair).sum() / batch["num_prompts"], "per_pair": per_pair.detach(),
+                "rewards_chosen": rewards_c, "rewards_rejected": rewards_r, "reward_margin": rewards_c - rewards_r,
+                "reward_accuracy": wins, "logps_chosen": policy[c].detach(), "logps_rejected": policy[r].detach()}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.compute(batch)
+        w = batch["weight"]
+        self.log("train/loss", out["loss"], prog_bar=True)
+        for name in METRICS[1:]:
+            self.log(f"train/{name}", (w * out[name]).sum() / w.sum())
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.compute(batch)
+        for name in METRICS:
+            value = out["per_pair"] if name == "loss" else out[name]
+            self.val_metrics[name].update(value, weight=batch["weight"])  # weighted: each prompt counts once
+            self.log(f"val/{name}", self.val_metrics[name], prog_bar=name == "reward_accuracy")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.gold_eval_examples and not self.trainer.sanity_checking:
+            self.run_gold_eval()
+
+    # ---------------------------------------------------------------------------------------- gold eval
+    def render_question(self, example: Example) -> list[int]:
+        """A question as a chat: [system], user = the question, then the assistant header."""
+        system = getattr(getattr(self.trainer, "datamodule", None), "system_prompt", None)
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": example.prompt})
+        return self.tokenizer.render_chat(messages, add_generation_prompt=True)[0]
+
+    def run_gold_eval(self) -> None:
+        """val/gold_accuracy on held-out task-world questions, each rank answering its share."""
+        examples = make_examples(self.gold_eval_examples, split="val", seed=0, max_digits=self.gold_max_digits)
+        rank, world = self.global_rank, self.trainer.world_size
+        rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
+                         self.gold_max_new_tokens, stop_ids=self.tokenizer.chat_stop_ids(),
+                         batch_size=self.gold_batch_size)
+        for row in rows:
+            self.val_gold.update(float(row["correct"]))
+        self.log("val/gold_accuracy", self.val_gold.compute())
+        self.val_gold.reset()
+        self.samples = rows[: self.num_samples]
+
+    def setup(self, stage: str) -> None:
+        """Record the data module's counts (prompts, pairs, truncated, dropped...) as run params."""
+        stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer.datamodule else None
+        if not stats:
+            return
+        params = {f"data_stats.{split}.{k}": v for split, s in stats.items() for k, v in s.to_dict().items()}
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
