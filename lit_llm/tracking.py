@@ -11,6 +11,7 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -51,6 +52,25 @@ class MLflowLogger(MLFlowLogger):
             artifact_location=artifact_location,
             run_id=run_id,
         )
+
+    @property
+    def experiment(self):
+        """The MlflowClient of this run, created without leaving mlflow's process-wide tracking URI changed.
+
+        Lightning calls `mlflow.set_tracking_uri`, which also rewrites `MLFLOW_TRACKING_URI`; without the restore,
+        the next run in the same process (a pipeline's next stage, a test) would silently log to this one's store.
+        """
+        if self._initialized:
+            return MLFlowLogger.experiment.fget(self)
+        env_before, uri_before = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+        try:
+            return MLFlowLogger.experiment.fget(self)
+        finally:
+            mlflow.set_tracking_uri(uri_before)
+            if env_before is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
 @lru_cache(maxsize=1)

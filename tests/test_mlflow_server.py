@@ -1,5 +1,6 @@
 """Training against a real `mlflow server` on loopback, read back with MlflowClient."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -53,10 +54,12 @@ def mlflow_server(tmp_path: Path):
         process.wait(timeout=30)
 
 
-def test_training_logs_to_a_real_server(mlflow_server: str, tmp_path: Path, token_cache: Path) -> None:
+def test_training_logs_to_a_real_server(mlflow_server: str, tmp_path: Path, token_cache: Path,
+                                        mlflow_db: str) -> None:
     args = micro_pretrain_args(tmp_path / "run", token_cache, steps=4)
     main(["fit", *args, f"--trainer.logger.init_args.tracking_uri={mlflow_server}",
           "--trainer.logger.init_args.experiment_name=server-test"])
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_db  # the server's URI does not leak into later runs
     run_id = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["lit_llm"]["mlflow_run_id"]
     client = MlflowClient(mlflow_server)
     run = client.get_run(run_id)
