@@ -14,7 +14,6 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from jsonargparse import Namespace
 
 import yaml
 from jsonargparse import lazy_instance

@@ -7,9 +7,12 @@ One thin base class, not a hierarchy: each stage adds only its step.
 from typing import Any
 
 import lightning.pytorch as pl
+import torchmetrics
 from lightning.pytorch.loggers import MLFlowLogger
 
 from lit_llm.checkpoint import META_KEY, checkpoint_meta
+from lit_llm.data.tasks import Example, make_examples
+from lit_llm.evaluation import gold_eval
 from lit_llm.model import Transformer
 from lit_llm.optim import OptimConfig, configure_adamw
 from lit_llm.tokenizer import Tokenizer
@@ -20,7 +23,9 @@ class StageModule(pl.LightningModule):
 
     Subclasses set `stage`, build `self.model` (a `Transformer`) and `self.tokenizer`, and may set
     `parent_run_id` (the MLflow run that produced their starting weights) and `samples` (rows of sample
-    generations that `SampleGenerations` logs as a table).
+    generations that `SampleGenerations` logs as a table). Stages with a gold evaluation set `gold_eval_examples`,
+    `gold_max_new_tokens`, `num_samples` (and optionally `gold_max_digits`, `gold_batch_size`) and call
+    `run_gold_eval`; a stage whose model is not a chat model overrides `render_question` and `gold_stop_ids`.
     """
 
     stage: str = "base"
@@ -32,6 +37,7 @@ class StageModule(pl.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.parent_run_id: str | None = None
         self.samples: list[dict] = []
+        self.gold_metric = torchmetrics.MeanMetric()  # syncs across ranks in compute()
 
     @property
     def flops_per_token(self) -> float | None:
@@ -46,6 +52,42 @@ class StageModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return configure_adamw(self, self.optim, int(self.trainer.estimated_stepping_batches))
+
+    def setup(self, stage: str) -> None:
+        """Record the data module's counts (examples, truncated, dropped...) as run params, when it keeps any."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        stats = getattr(datamodule, "stats", None)
+        if not stats:
+            return
+        params = {f"data_stats.{split}.{k}": v for split, s in stats.items() for k, v in s.to_dict().items()}
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
+
+    def render_question(self, example: Example) -> list[int]:
+        """A gold question as a chat: [the data module's system prompt], user = the question, assistant header."""
+        system = getattr(getattr(self.trainer, "datamodule", None), "system_prompt", None)
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": example.prompt})
+        return self.tokenizer.render_chat(messages, add_generation_prompt=True)[0]
+
+    def gold_stop_ids(self) -> list[int]:
+        """Tokens that end a gold answer: the end of the assistant's turn."""
+        return self.tokenizer.chat_stop_ids()
+
+    def run_gold_eval(self, split: str = "val") -> None:
+        """`<split>/gold_accuracy` on held-out task-world questions (val or test split), each rank answering its
+        share; the first answers become the run's sample table."""
+        examples = make_examples(self.gold_eval_examples, split=split, seed=0,
+                                 max_digits=getattr(self, "gold_max_digits", 2))
+        rank, world = self.global_rank, self.trainer.world_size
+        rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
+                         self.gold_max_new_tokens, stop_ids=self.gold_stop_ids(),
+                         batch_size=getattr(self, "gold_batch_size", 32))
+        for row in rows:
+            self.gold_metric.update(float(row["correct"]))
+        self.log(f"{split}/gold_accuracy", self.gold_metric.compute())
+        self.gold_metric.reset()
+        self.samples = rows[: self.num_samples]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = checkpoint_meta(self.stage, self.model.config, self.tokenizer, self.mlflow_run_id())

@@ -23,8 +23,7 @@ weighted per prompt like the loss), and val/gold_accuracy: greedy answers to hel
 the chat template, as in the SFT stage.
 
 Deliberate simplifications: the precomputed cache is not stored in checkpoints (a resumed run recomputes it);
-with several devices every rank precomputes the whole dataset; the gold evaluation duplicates the SFT stage's
-few lines instead of sharing a mixin.
+with several devices every rank precomputes the whole dataset.
 """
 
 import copy
@@ -36,8 +35,6 @@ import torchmetrics
 from torch import nn
 
 from lit_llm.checkpoint import load_backbone
-from lit_llm.data.tasks import Example, make_examples
-from lit_llm.evaluation import gold_eval
 from lit_llm.losses import (IGNORE_INDEX, cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss,
                             rpo_nll_loss, token_logprobs)
 from lit_llm.model import Transformer
@@ -123,7 +120,6 @@ class DPOModule(StageModule):
         self.set_reference(self.load_reference(ref_from))
         self.ref_cache: dict[bytes, float] | None = None
         self.val_metrics = nn.ModuleDict({name: torchmetrics.MeanMetric() for name in METRICS})
-        self.val_gold = torchmetrics.MeanMetric()
 
     # ------------------------------------------------------------------------------------------ reference
     def load_reference(self, ref_from: str | None) -> Transformer:
@@ -219,33 +215,3 @@ class DPOModule(StageModule):
     def on_validation_epoch_end(self) -> None:
         if self.gold_eval_examples and not self.trainer.sanity_checking:
             self.run_gold_eval()
-
-    # ---------------------------------------------------------------------------------------- gold eval
-    def render_question(self, example: Example) -> list[int]:
-        """A question as a chat: [system], user = the question, then the assistant header."""
-        system = getattr(getattr(self.trainer, "datamodule", None), "system_prompt", None)
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": example.prompt})
-        return self.tokenizer.render_chat(messages, add_generation_prompt=True)[0]
-
-    def run_gold_eval(self) -> None:
-        """val/gold_accuracy on held-out task-world questions, each rank answering its share."""
-        examples = make_examples(self.gold_eval_examples, split="val", seed=0, max_digits=self.gold_max_digits)
-        rank, world = self.global_rank, self.trainer.world_size
-        rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
-                         self.gold_max_new_tokens, stop_ids=self.tokenizer.chat_stop_ids(),
-                         batch_size=self.gold_batch_size)
-        for row in rows:
-            self.val_gold.update(float(row["correct"]))
-        self.log("val/gold_accuracy", self.val_gold.compute())
-        self.val_gold.reset()
-        self.samples = rows[: self.num_samples]
-
-    def setup(self, stage: str) -> None:
-        """Record the data module's counts (prompts, pairs, truncated, dropped...) as run params."""
-        stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer.datamodule else None
-        if not stats:
-            return
-        params = {f"data_stats.{split}.{k}": v for split, s in stats.items() for k, v in s.to_dict().items()}
-        for logger in self.loggers:
-            logger.log_hyperparams(params)

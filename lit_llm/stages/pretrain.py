@@ -15,8 +15,8 @@ import torch
 import torchmetrics
 
 from lit_llm.checkpoint import load_backbone
-from lit_llm.data.tasks import Example, make_examples
-from lit_llm.evaluation import generate_texts, gold_eval
+from lit_llm.data.tasks import Example
+from lit_llm.evaluation import generate_texts
 from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.optim import OptimConfig
@@ -61,7 +61,6 @@ class PretrainLM(StageModule):
         self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
         self.num_samples = num_samples
         self.eval_ppl = torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX)
-        self.eval_gold = torchmetrics.MeanMetric()
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -134,15 +133,5 @@ class PretrainLM(StageModule):
         """A base model sees questions as the corpus shows them: a new document "Q: ...\\nA:"."""
         return self.tokenizer.encode(f"Q: {example.prompt}\nA:", bos=self.tokenizer.bos_id is not None)
 
-    def run_gold_eval(self, split: str = "val") -> None:
-        """<split>/gold_accuracy on held-out task-world questions (val or test split), each rank answering its
-        share."""
-        examples = make_examples(self.gold_eval_examples, split=split, seed=0)
-        rank, world = self.global_rank, self.trainer.world_size
-        rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
-                         self.gold_max_new_tokens)
-        for row in rows:
-            self.eval_gold.update(float(row["correct"]))
-        self.log(f"{split}/gold_accuracy", self.eval_gold.compute())
-        self.eval_gold.reset()
-        self.samples = rows[: self.num_samples]
+    def gold_stop_ids(self) -> list[int]:
+        return [self.tokenizer.eos_id]

@@ -168,15 +168,6 @@ class RewardModule(StageModule):
                          "reward_chosen": round(float(chosen[p]), 4), "reward_rejected": round(float(rejected[p]), 4)})
         return rows
 
-    def setup(self, stage: str) -> None:
-        """Record the data module's counts (prompts, pairs, truncated, dropped...) as run params."""
-        stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer.datamodule else None
-        if not stats:
-            return
-        params = {f"data_stats.{split}.{k}": v for split, s in stats.items() for k, v in s.to_dict().items()}
-        for logger in self.loggers:
-            logger.log_hyperparams(params)
-
     # ------------------------------------------------------------------------------- reward statistics
     @torch.no_grad()
     def compute_reward_stats(self) -> dict[str, Any]:

@@ -21,8 +21,6 @@ import torch
 import torchmetrics
 
 from lit_llm.checkpoint import load_backbone
-from lit_llm.data.tasks import Example, make_examples
-from lit_llm.evaluation import gold_eval
 from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
 from lit_llm.optim import OptimConfig
 from lit_llm.stages.base import StageModule
@@ -65,16 +63,6 @@ class SFTModule(StageModule):
         self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
         self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
         self.val_loss = torchmetrics.MeanMetric()
-        self.val_gold = torchmetrics.MeanMetric()
-
-    def setup(self, stage: str) -> None:
-        """Record the data module's counts (examples, truncated, dropped...) as run params."""
-        stats = getattr(self.trainer.datamodule, "stats", None) if self.trainer.datamodule else None
-        if not stats:
-            return
-        params = {f"data_stats.{split}.{k}": v for split, s in stats.items() for k, v in s.to_dict().items()}
-        for logger in self.loggers:
-            logger.log_hyperparams(params)
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss over the batch's target tokens, and the number of target tokens."""
@@ -100,28 +88,3 @@ class SFTModule(StageModule):
         self.log("val/ppl", torch.exp(loss))
         if self.gold_eval_examples and not self.trainer.sanity_checking:
             self.run_gold_eval()
-
-    def system_prompt(self) -> str | None:
-        """The data module's system prompt, so the gold questions look like the training conversations."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        return getattr(datamodule, "system_prompt", None)
-
-    def render_question(self, example: Example) -> list[int]:
-        """A question as a chat: [system], user = the question, then the assistant header."""
-        system = self.system_prompt()
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": example.prompt})
-        return self.tokenizer.render_chat(messages, add_generation_prompt=True)[0]
-
-    def run_gold_eval(self) -> None:
-        """val/gold_accuracy on held-out task-world questions, each rank answering its share."""
-        examples = make_examples(self.gold_eval_examples, split="val", seed=0, max_digits=self.gold_max_digits)
-        rank, world = self.global_rank, self.trainer.world_size
-        rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
-                         self.gold_max_new_tokens, stop_ids=self.tokenizer.chat_stop_ids(),
-                         batch_size=self.gold_batch_size)
-        for row in rows:
-            self.val_gold.update(float(row["correct"]))
-        self.log("val/gold_accuracy", self.val_gold.compute())
-        self.val_gold.reset()
-        self.samples = rows[: self.num_samples]
