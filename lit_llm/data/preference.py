@@ -60,7 +60,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_llm.data.sources import load_source, require_fields, source_fingerprint
+from lit_llm.data.sources import (
+    holdout_split,
+    load_source,
+    model_tokenizer,
+    require_fields,
+    source_fingerprint,
+)
 from lit_llm.data.tasks import preference_pairs, ranked_lists
 from lit_llm.losses import IGNORE_INDEX
 from lit_llm.tokenizer import Tokenizer
@@ -494,16 +500,6 @@ class PreferenceDataModule(pl.LightningDataModule):
                 "max_digits", "max_length", "truncation", "skip_invalid", "seed")
         return {k: getattr(self, k) for k in keys}
 
-    def _model_tokenizer(self) -> Tokenizer:
-        """The tokenizer of the model being trained (or one set on the data module outside a Trainer)."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        tokenizer = getattr(module, "tokenizer", None) or self.tokenizer
-        if tokenizer is None:
-            raise RuntimeError("PreferenceDataModule reads the tokenizer of the model "
-                               "(trainer.lightning_module.tokenizer) in setup(); outside a Trainer set "
-                               "`datamodule.tokenizer` first")
-        return tokenizer
-
     def task_world_records(self, split: str) -> list[dict]:
         """Task-world pairs and ranked lists of one split (records in the "pairs" / "ranked" formats)."""
         train = split == "train"
@@ -529,13 +525,8 @@ class PreferenceDataModule(pl.LightningDataModule):
             val_ds = load_source(self.val_source, self.hub_split, self.hub_name)
             val_reader = self._reader(val_ds, self.val_source)
             return {"train": [(r, reader) for r in records], "val": [(r, val_reader) for r in val_ds.to_list()]}
-        order = np.random.default_rng(self.seed).permutation(len(records))
-        n_val = max(1, math.ceil(len(records) * self.val_fraction))
-        if n_val >= len(records):
-            raise ValueError(f"{self.source}: {len(records)} records leave none for training at "
-                             f"val_fraction={self.val_fraction}")
-        return {"train": [(records[i], reader) for i in order[n_val:]],
-                "val": [(records[i], reader) for i in order[:n_val]]}
+        train, val = holdout_split(records, self.val_fraction, self.seed, self.source)
+        return {"train": [(r, reader) for r in train], "val": [(r, reader) for r in val]}
 
     def _reader(self, ds: datasets.Dataset, source: str) -> RecordReader:
         """A reader for a loaded source, after checking that its format's required columns exist."""
@@ -566,7 +557,7 @@ class PreferenceDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:  # setup runs once per Trainer call; the tokenized data does not change
             return
-        tokenizer = self.tokenizer = self._model_tokenizer()
+        tokenizer = self.tokenizer = model_tokenizer(self)
         self.fingerprint = source_fingerprint(TASKS_SOURCE if self.is_task_world else self.source, self._options())
         for split, records in self._raw_records().items():
             stats = self.stats[split] = PreferenceStats()

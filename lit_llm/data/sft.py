@@ -35,19 +35,23 @@ shuffles the rows, not the assignment of examples to rows); the whole dataset is
 """
 
 import bisect
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import datasets
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_llm.data.sources import load_source, require_fields, source_fingerprint
+from lit_llm.data.sources import (
+    holdout_split,
+    load_source,
+    model_tokenizer,
+    require_fields,
+    source_fingerprint,
+)
 from lit_llm.data.tasks import alpaca_prompt, sft_records
 from lit_llm.losses import IGNORE_INDEX
 from lit_llm.tokenizer import Tokenizer
@@ -354,12 +358,9 @@ class SFTDataModule(pl.LightningDataModule):
         return {k: getattr(self, k) for k in keys}
 
     def _model_tokenizer(self) -> Tokenizer:
-        """The tokenizer of the model being trained (or one set on the data module outside a Trainer)."""
+        """The model's tokenizer, after checking that `max_length` fits the model's context."""
+        tokenizer = model_tokenizer(self)
         module = self.trainer.lightning_module if self.trainer is not None else None
-        tokenizer = getattr(module, "tokenizer", None) or self.tokenizer
-        if tokenizer is None:
-            raise RuntimeError("SFTDataModule reads the tokenizer of the model (trainer.lightning_module.tokenizer) "
-                               "in setup(); outside a Trainer set `datamodule.tokenizer` first")
         max_seq_len = getattr(getattr(getattr(module, "model", None), "config", None), "max_seq_len", None)
         if max_seq_len is not None and self.max_length > max_seq_len:
             raise ValueError(f"data.max_length={self.max_length} exceeds the model's max_seq_len={max_seq_len}")
@@ -378,13 +379,8 @@ class SFTDataModule(pl.LightningDataModule):
         if self.val_source is not None:
             val_ds = load_source(self.val_source, self.hub_split, self.hub_name)
             return {"train": records, "val": val_ds.to_list()}, reader, self._reader(val_ds, self.val_source)
-        order = np.random.default_rng(self.seed).permutation(len(records))
-        n_val = max(1, math.ceil(len(records) * self.val_fraction))
-        if n_val >= len(records):
-            raise ValueError(f"{self.source}: {len(records)} records leave none for training at "
-                             f"val_fraction={self.val_fraction}")
-        split = {"train": [records[i] for i in order[n_val:]], "val": [records[i] for i in order[:n_val]]}
-        return split, reader, reader
+        train, val = holdout_split(records, self.val_fraction, self.seed, self.source)
+        return {"train": train, "val": val}, reader, reader
 
     def _reader(self, ds: datasets.Dataset, source: str) -> RecordReader:
         """A reader for a loaded source, after checking that its format's required columns exist."""

@@ -7,9 +7,17 @@ for JSON lines, the line.
 
 import hashlib
 import json
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
+import numpy as np
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from lit_llm.tokenizer import Tokenizer
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -91,3 +99,25 @@ def source_fingerprint(source: str, extra: dict) -> str:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:16]
+
+
+def holdout_split(records: list, val_fraction: float, seed: int, source: str) -> tuple[list, list]:
+    """A seeded (train, val) split of a source's records, `val_fraction` (at least one record) held out."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    n_val = max(1, math.ceil(len(records) * val_fraction))
+    if n_val >= len(records):
+        raise ValueError(f"{source}: {len(records)} records leave none for training at val_fraction={val_fraction}")
+    return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+
+
+def model_tokenizer(datamodule: "pl.LightningDataModule") -> "Tokenizer":
+    """The tokenizer of the model a data module feeds (`trainer.lightning_module.tokenizer`), or one set on the
+    data module itself outside a Trainer. Stages after pretraining take the tokenizer from their checkpoint."""
+    trainer = getattr(datamodule, "trainer", None)
+    module = trainer.lightning_module if trainer is not None else None
+    tokenizer = getattr(module, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
+    if tokenizer is None:
+        raise RuntimeError(f"{type(datamodule).__name__} reads the tokenizer of the model "
+                           "(trainer.lightning_module.tokenizer) in setup(); outside a Trainer set "
+                           "`datamodule.tokenizer` first")
+    return tokenizer
