@@ -202,3 +202,121 @@ def rpo_nll_loss(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> tor
         (P,) float32 mean NLL per chosen token.
     """
     return -chosen_logps.float() / chosen_tokens.float().clamp(min=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ PPO (RLHF)
+# Shapes: B rollouts, T response positions; `mask` (B, T) is 1 on generated tokens (up to and including eos) and 0
+# on padding after it. Per-token values are returned; the caller reduces with `masked_mean`.
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over positions where `mask` is 1 (0 when the mask is empty). Shapes broadcast."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(values − mean) / std over the masked positions (PPO's advantage whitening); padding stays 0.
+
+    Args:
+        values: (B, T).
+        mask: (B, T).
+        shift_mean: False keeps the mean (only rescales), as some implementations do for rewards.
+    """
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(values.dtype)
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from samples of π (Schulman 2020, "Approximating KL divergence").
+
+    With log-ratio d = log π − log π_ref at the sampled token: k1 = d (unbiased, can be negative),
+    k2 = d²/2 (biased, low variance), k3 = (e^{−d} − 1) + d (unbiased, always ≥ 0).
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens under the policy.
+        ref_logprobs: (B, T) their log-probs under the reference.
+        estimator: "k1", "k2" or "k3".
+
+    Returns:
+        (B, T) per-token estimates (0 where the two agree).
+    """
+    d = logprobs.float() - ref_logprobs.float()
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return 0.5 * d**2
+    if estimator == "k3":
+        return torch.expm1(-d) + d
+    raise ValueError(f"KL estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens (Schulman et al. 2016, eq. 16).
+
+    δ_t = r_t + γ·V_{t+1} − V_t and A_t = δ_t + γλ·A_{t+1}, where V and A past the last generated token are 0
+    (the episode ends at eos or at max_new_tokens). Returns are A + V, the value targets.
+
+    Args:
+        rewards: (B, T) per-token rewards (e.g. −β·KL on every token, plus the score at the last token).
+        values: (B, T) value estimates V(s_t).
+        mask: (B, T) 1 on generated tokens, right-padded.
+        gamma: Discount.
+        lam: GAE λ.
+
+    Returns:
+        advantages (B, T) and returns (B, T), both 0 on padding.
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards.float() * mask, values.float() * mask
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value, next_advantage = values[:, t], advantages[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    clip_range: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per token (Schulman et al. 2017, eq. 7), as a loss to minimise.
+
+    ratio = π/π_old = exp(logprobs − old_logprobs); loss = max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε)).
+
+    Args:
+        logprobs: (B, T) log-probs of the rollout tokens under the current policy.
+        old_logprobs: (B, T) their log-probs when the rollout was generated.
+        advantages: (B, T) (whitened) advantages.
+        clip_range: ε.
+
+    Returns:
+        per-token losses (B, T) and a (B, T) bool tensor marking where clipping was active (for clip_fraction).
+    """
+    ratio = torch.exp(logprobs.float() - old_logprobs.float())
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   clip_range: float = 0.2) -> torch.Tensor:
+    """Clipped value loss per token: ½·max((V − R)², (clip(V, V_old ± ε) − R)²) (as in OpenAI's baselines PPO2).
+
+    Args:
+        values: (B, T) current value estimates.
+        old_values: (B, T) value estimates at rollout time.
+        returns: (B, T) targets from `gae`.
+        clip_range: ε on how far V may move from V_old in one update.
+
+    Returns:
+        (B, T) per-token losses.
+    """
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
