@@ -103,8 +103,8 @@ def test_micro_dpo_run_through_the_cli_keeps_the_reference_out_of_the_checkpoint
           f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
           "--trainer.enable_model_summary=false", "--trainer.logger.init_args.experiment_name=tests",
           "--model.init_args.gold_eval_examples=4", "--model.init_args.gold_max_new_tokens=4",
-          "--data.init_args.num_pairs=16", "--data.init_args.num_val_pairs=4", "--data.init_args.max_length=64",
-          "--data.init_args.batch_size=4"])
+          "--data.init_args.source=tasks", "--data.init_args.num_pairs=16", "--data.init_args.num_val_pairs=4",
+          "--data.init_args.max_length=64", "--data.init_args.batch_size=4"])
     checkpoint = read_checkpoint(root / "checkpoints" / "last.ckpt")
     policy_keys = {k for k in checkpoint["state_dict"] if k.startswith("model.")}
     assert set(checkpoint["state_dict"]) == policy_keys  # the reference's weights are not stored
