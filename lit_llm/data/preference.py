@@ -67,6 +67,7 @@ from lit_llm.data.sources import (
     require_fields,
     source_fingerprint,
 )
+from lit_llm.data.sft import right_pad
 from lit_llm.data.tasks import preference_pairs, ranked_lists
 from lit_llm.losses import IGNORE_INDEX
 from lit_llm.tokenizer import Tokenizer
@@ -377,14 +378,7 @@ class PreferenceCollator:
 
     def __call__(self, items: list[EncodedComparison]) -> dict[str, torch.Tensor]:
         seqs = [s for item in items for s in item.sequences]
-        width = max(map(len, seqs))
-        batch = {"input_ids": torch.full((len(seqs), width), self.pad_id, dtype=torch.long),
-                 "attention_mask": torch.zeros(len(seqs), width, dtype=torch.long),
-                 "labels": torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)}
-        for row, seq in enumerate(seqs):
-            batch["input_ids"][row, : len(seq)] = torch.tensor(seq.input_ids)
-            batch["labels"][row, : len(seq)] = torch.tensor(seq.labels)
-            batch["attention_mask"][row, : len(seq)] = 1
+        batch = right_pad([{"input_ids": seq.input_ids, "labels": seq.labels} for seq in seqs], self.pad_id)
         pairs: dict[str, list] = {k: [] for k in ("chosen_index", "rejected_index", "margin", "weight",
                                                   "prompt_index")}
         seq_prompt, offset = [], 0

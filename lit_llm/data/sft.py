@@ -253,9 +253,25 @@ class SFTRows(Dataset):
         }
 
 
+def right_pad(rows: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad 1-D rows to the longest: pad id in `input_ids`, `IGNORE_INDEX` in `labels`, -1 in `doc_ids`
+    (a document of its own), plus an `attention_mask`. Outputs are (B, T) long tensors. Shared with the
+    preference data module."""
+    width = max(len(r["input_ids"]) for r in rows)
+    pad_values = {"input_ids": pad_id, "labels": IGNORE_INDEX, "doc_ids": -1}
+    batch = {key: torch.full((len(rows), width), value, dtype=torch.long)
+             for key, value in pad_values.items() if key in rows[0]}
+    batch["attention_mask"] = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        n = len(row["input_ids"])
+        for key in pad_values.keys() & row.keys():
+            batch[key][b, :n] = torch.as_tensor(row[key])
+        batch["attention_mask"][b, :n] = 1
+    return batch
+
+
 class SFTCollator:
-    """Right-pads rows to the longest in the batch: pad id in inputs, `IGNORE_INDEX` in labels, 0 in the
-    attention mask, -1 in `doc_ids` (a document of its own). Outputs are (B, T) long tensors.
+    """Right-pads a batch of rows (see `right_pad`).
 
     Args:
         pad_id: Token id used for padding inputs.
@@ -265,17 +281,7 @@ class SFTCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        pad_values = {"input_ids": self.pad_id, "labels": IGNORE_INDEX, "doc_ids": -1}
-        batch = {key: torch.full((len(rows), width), value, dtype=torch.long)
-                 for key, value in pad_values.items() if key in rows[0]}
-        batch["attention_mask"] = torch.zeros(len(rows), width, dtype=torch.long)
-        for b, row in enumerate(rows):
-            n = len(row["input_ids"])
-            for key in pad_values.keys() & row.keys():
-                batch[key][b, :n] = row[key]
-            batch["attention_mask"][b, :n] = 1
-        return batch
+        return right_pad(rows, self.pad_id)
 
 
 # ------------------------------------------------------------------------------------------------ data module
