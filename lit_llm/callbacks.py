@@ -25,6 +25,18 @@ def mlflow_logger(trainer: "pl.Trainer") -> MLFlowLogger | None:
     return None
 
 
+@rank_zero_only
+def log_table(trainer: "pl.Trainer", rows: list[dict], artifact_file: str) -> None:
+    """Log rows of dicts (same keys) as an MLflow table artifact of the run (shown by the UI's Evaluation tab),
+    with the global step as an extra column; a no-op without an MLflow logger."""
+    logger = mlflow_logger(trainer)
+    if not rows or logger is None:
+        return
+    columns = {key: [str(row.get(key, "")) for row in rows] for key in rows[0]}
+    columns["step"] = [trainer.global_step] * len(rows)
+    logger.experiment.log_table(logger.run_id, data=columns, artifact_file=artifact_file)
+
+
 class RunMetadata(pl.Callback):
     """Records what makes a run reproducible: tags, flattened config as params, the config file as an artifact.
 
@@ -138,14 +150,9 @@ class SampleGenerations(pl.Callback):
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the module's, which
         # is where the stage fills `samples`.
-        samples = getattr(pl_module, "samples", None)
-        logger = mlflow_logger(trainer)
-        if not samples or logger is None or trainer.sanity_checking:
-            return
-        columns = {key: [str(row.get(key, "")) for row in samples] for key in samples[0]}
-        columns["step"] = [trainer.global_step] * len(samples)
-        logger.experiment.log_table(logger.run_id, data=columns,
-                                    artifact_file=f"samples/step_{trainer.global_step:07d}.json")
+        if not trainer.sanity_checking:
+            log_table(trainer, getattr(pl_module, "samples", None) or [],
+                      f"samples/step_{trainer.global_step:07d}.json")
 
 
 class PredictionWriter(BasePredictionWriter):

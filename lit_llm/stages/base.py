@@ -4,13 +4,15 @@ checkpoint metadata that lets later stages, `generate` and `export` load any che
 One thin base class, not a hierarchy: each stage adds only its step.
 """
 
+import copy
 from typing import Any
 
 import lightning.pytorch as pl
 import torchmetrics
 from lightning.pytorch.loggers import MLFlowLogger
+from torch import nn
 
-from lit_llm.checkpoint import META_KEY, checkpoint_meta
+from lit_llm.checkpoint import META_KEY, checkpoint_meta, load_backbone
 from lit_llm.data.tasks import Example, make_examples
 from lit_llm.evaluation import gold_eval
 from lit_llm.model import Transformer
@@ -43,6 +45,37 @@ class StageModule(pl.LightningModule):
     def flops_per_token(self) -> float | None:
         """Training FLOPs per token of the backbone (for MFU), None before the model exists."""
         return self.model.flops_per_token() if self.model is not None else None
+
+    # ------------------------------------------------------------------------------- frozen models
+    def load_reference(self, ref_from: str | None) -> Transformer:
+        """A frozen reference policy: a copy of the starting policy, or the backbone of `ref_from`."""
+        if ref_from is None:
+            return copy.deepcopy(self.model)
+        loaded = load_backbone(ref_from)
+        self.check_tokenizer(loaded.tokenizer, f"ref_from {ref_from}")
+        return loaded.model
+
+    def check_tokenizer(self, tokenizer: Tokenizer, what: str) -> None:
+        """Models that score the policy's tokens must share its tokenizer."""
+        if tokenizer.to_json() != self.tokenizer.to_json():
+            raise ValueError(f"{what} has a different tokenizer than the policy (init_from "
+                             f"{getattr(self, 'init_from', '?')}); its token ids would mean other text")
+
+    def set_frozen(self, name: str, model: nn.Module | None) -> None:
+        """Keep a frozen model (reference, reward) as `self.<name>` OUTSIDE `nn.Module` registration, so it is not
+        in the checkpoint's state_dict, the optimizer or DDP's gradient sync; `frozen` moves it to the device."""
+        if model is not None:
+            model.requires_grad_(False).eval()
+        object.__setattr__(self, name, model)
+
+    def frozen(self, name: str) -> nn.Module:
+        """The frozen model `self.<name>`, moved to this module's device on first use."""
+        model = getattr(self, name, None)
+        if model is None:
+            raise RuntimeError(f"the frozen {name} model is not loaded (freed after precomputing its outputs?)")
+        if next(model.parameters()).device != self.device:
+            model.to(self.device)
+        return model
 
     def mlflow_run_id(self) -> str | None:
         for logger in self.loggers:

@@ -26,7 +26,6 @@ Deliberate simplifications: the precomputed cache is not stored in checkpoints (
 with several devices every rank precomputes the whole dataset.
 """
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import Literal
 
@@ -117,34 +116,9 @@ class DPOModule(StageModule):
         loaded = load_backbone(init_from)
         self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
         self.model.activation_checkpointing = activation_checkpointing
-        self.set_reference(self.load_reference(ref_from))
+        self.set_frozen("reference", self.load_reference(ref_from))
         self.ref_cache: dict[bytes, float] | None = None
         self.val_metrics = nn.ModuleDict({name: torchmetrics.MeanMetric() for name in METRICS})
-
-    # ------------------------------------------------------------------------------------------ reference
-    def load_reference(self, ref_from: str | None) -> Transformer:
-        """The frozen reference: a copy of the starting policy, or the backbone of `ref_from`."""
-        if ref_from is None:
-            return copy.deepcopy(self.model)
-        loaded = load_backbone(ref_from)
-        if loaded.tokenizer.to_json() != self.tokenizer.to_json():
-            raise ValueError(f"ref_from {ref_from} has a different tokenizer than init_from {self.init_from}")
-        return loaded.model
-
-    def set_reference(self, model: Transformer | None) -> None:
-        """Store the reference outside `nn.Module` registration (not in state_dict, parameters() or .to())."""
-        if model is not None:
-            model.requires_grad_(False).eval()
-            model.activation_checkpointing = False
-        object.__setattr__(self, "reference", model)
-
-    def reference_model(self) -> Transformer:
-        if self.reference is None:
-            raise RuntimeError("the reference model was freed after precomputing its log-probs, and this batch "
-                               "was not precomputed")
-        if next(self.reference.parameters()).device != self.device:
-            self.reference.to(self.device)
-        return self.reference
 
     # ----------------------------------------------------------------------------------------- log-probs
     def sequence_logprobs(self, model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -159,12 +133,12 @@ class DPOModule(StageModule):
             keys = batch_keys(batch)
             if all(k in self.ref_cache for k in keys):
                 return torch.tensor([self.ref_cache[k] for k in keys], device=batch["input_ids"].device)
-        return self.sequence_logprobs(self.reference_model(), batch)
+        return self.sequence_logprobs(self.frozen("reference"), batch)
 
     @torch.no_grad()
     def precompute(self, loaders: Iterable[Iterable[dict[str, torch.Tensor]]]) -> dict[bytes, float]:
         """Reference log-probs of every sequence of the loaders, keyed by `sequence_key`."""
-        model, cache = self.reference_model(), {}
+        model, cache = self.frozen("reference"), {}
         for loader in loaders:
             for batch in loader:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -177,7 +151,7 @@ class DPOModule(StageModule):
             return
         datamodule = self.trainer.datamodule
         self.ref_cache = self.precompute([datamodule.train_dataloader(), datamodule.val_dataloader()])
-        self.set_reference(None)
+        self.set_frozen("reference", None)
 
     # ---------------------------------------------------------------------------------------------- loss
     def compute(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

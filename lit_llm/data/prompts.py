@@ -1,0 +1,257 @@
+"""PPO data: prompts rendered with the chat template (left-padded for generation), and optional pretraining
+blocks for the PPO-ptx term.
+
+Sources (`source`):
+    tasks: the built-in task world's PPO prompts (`tasks.ppo_prompts`: train split for training, val split for
+        validation), each with its gold `answer`, so the gold reward (`reward_from: gold`) can score them.
+    a local file/folder or hub dataset: records with a prompt field (`prompt_field`, default "prompt"), or Alpaca
+        records (`instruction` + optional `input`, rendered by `alpaca_prompt` as in SFT); an `answer` field, when
+        present, travels with the record (the gold reward needs it). `val_fraction` of it is held out.
+
+Each prompt becomes [system], user = the prompt, then the assistant header (`Tokenizer.render_chat` with
+`add_generation_prompt`), exactly as SFT trains and the gold evaluation asks. A prompt longer than
+`max_prompt_length` tokens is dropped and counted in `stats` (PPO cannot use a cut question); an empty prompt
+raises, naming the source and record, unless `skip_invalid`.
+
+Batches: `input_ids` / `attention_mask` (B, T) left-padded prompts, `records` (the B source records), and with
+`ptx_source` also `ptx_input_ids` (B_ptx, ptx_length + 1): blocks of the pretraining text (documents as
+bos + text + eos, concatenated and cut), `ptx_batch_size` per batch, in a seeded random order.
+"""
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lit_llm.data.sources import holdout_split, load_source, load_texts, model_tokenizer, source_fingerprint
+from lit_llm.data.tasks import alpaca_prompt, ppo_prompts, pretrain_corpus
+from lit_llm.generation import left_pad
+from lit_llm.tokenizer import Tokenizer
+
+TASKS_SOURCE = "tasks"
+
+
+@dataclass
+class PromptStats:
+    """What became of a split's records (logged by the stage as `data_stats.<split>.*` params)."""
+
+    records: int = 0
+    prompts: int = 0
+    dropped_too_long: int = 0
+    skipped_invalid: int = 0
+    ptx_blocks: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def prompt_text(record: dict, prompt_field: str, where: str) -> str:
+    """The user message of a record: its `prompt_field`, or an Alpaca instruction (+ input)."""
+    # `datasets` gives every record every column of the file (None where absent), so None counts as missing
+    if record.get(prompt_field) is not None:
+        text = record[prompt_field]
+    elif record.get("instruction") is not None:
+        text = alpaca_prompt(record["instruction"], record.get("input") or "")
+    else:
+        present = sorted(k for k, v in record.items() if v is not None)
+        raise KeyError(f"{where}: no field {prompt_field!r} (nor 'instruction'); available fields: {present}")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where}: field {prompt_field!r} is empty or not a string")
+    return text
+
+
+def render_prompt(tokenizer: Tokenizer, text: str, system_prompt: str | None) -> list[int]:
+    """[system], user = text, assistant header: the tokens a policy continues with its answer."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": text})
+    return tokenizer.render_chat(messages, add_generation_prompt=True)[0]
+
+
+def ptx_blocks(tokenizer: Tokenizer, texts: Sequence[str], length: int) -> torch.Tensor:
+    """(N, length + 1) blocks of the documents' tokens (bos + text + eos each), concatenated and cut."""
+    stream: list[int] = []
+    for ids in tokenizer.encode_batch(list(texts)):
+        stream += [i for i in (tokenizer.bos_id, *ids, tokenizer.eos_id) if i is not None]
+    n = len(stream) // (length + 1)
+    if n == 0:
+        raise ValueError(f"the ptx source has {len(stream)} tokens, fewer than one block of {length + 1}")
+    return torch.tensor(stream[: n * (length + 1)], dtype=torch.long).view(n, length + 1)
+
+
+class Prompts(Dataset):
+    """Tokenized prompts with their records."""
+
+    def __init__(self, ids: list[list[int]], records: list[dict]) -> None:
+        self.ids, self.records = ids, records
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[int, list[int], dict]:
+        return i, self.ids[i], self.records[i]
+
+
+class PromptCollator:
+    """Left-pads prompts; adds `ptx_batch_size` pretraining blocks.
+
+    The blocks are drawn with a generator seeded by the batch's prompt indices, so a batch always gets the same
+    blocks: no hidden sampler state, identical under worker processes and after a resume.
+    """
+
+    def __init__(self, pad_id: int, ptx: torch.Tensor | None = None, ptx_batch_size: int = 0,
+                 seed: int = 0) -> None:
+        self.pad_id, self.ptx, self.ptx_batch_size, self.seed = pad_id, ptx, ptx_batch_size, seed
+
+    def __call__(self, items: list[tuple[int, list[int], dict]]) -> dict[str, Any]:
+        ids, mask = left_pad([ids for _, ids, _ in items], self.pad_id)
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "records": [r for _, _, r in items]}
+        if self.ptx is not None and self.ptx_batch_size:
+            indices = [i for i, _, _ in items]
+            generator = torch.Generator().manual_seed(hash((self.seed, *indices)) % 2**62)
+            rows = torch.randint(len(self.ptx), (self.ptx_batch_size,), generator=generator)
+            batch["ptx_input_ids"] = self.ptx[rows]
+        return batch
+
+
+class PromptDataModule(pl.LightningDataModule):
+    """Prompts for PPO rollouts (and pretraining blocks for PPO-ptx).
+
+    Args:
+        source: "tasks" (the built-in task world) or a local file/folder or hub dataset of prompt records.
+        prompt_field: Field holding the prompt text (Alpaca `instruction`/`input` records work too).
+        val_source: Separate validation prompts; otherwise `val_fraction` of `source` is held out.
+        val_fraction: Share of a file's records held out for validation.
+        hub_name: Config name of a hub dataset.
+        hub_split: Split of a hub dataset to read.
+        system_prompt: System message of every prompt (use the one SFT used).
+        num_prompts: Training prompts drawn from the task world (train split).
+        num_val_prompts: Validation prompts from the task world (val split).
+        max_digits: Difficulty of the task world's arithmetic.
+        max_prompt_length: Longest rendered prompt in tokens; longer ones are dropped and counted.
+        skip_invalid: Skip (and count) records without a usable prompt instead of raising.
+        batch_size: Prompts per rollout on each device.
+        val_batch_size: Prompts per validation batch (default `batch_size`).
+        ptx_source: Pretraining text for the PPO-ptx term: "tasks" (the task world's pretraining corpus) or a
+            local file/hub dataset with a `ptx_field` column; None disables it.
+        ptx_field: Text field of `ptx_source`.
+        ptx_docs: Documents drawn when `ptx_source` is "tasks".
+        ptx_length: Positions per pretraining block.
+        ptx_batch_size: Pretraining blocks per batch.
+        seed: Seed of the task world, the hold-out split, the shuffling and the ptx draw.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        source: str = TASKS_SOURCE,
+        prompt_field: str = "prompt",
+        val_source: str | None = None,
+        val_fraction: float = 0.05,
+        hub_name: str | None = None,
+        hub_split: str = "train",
+        system_prompt: str | None = None,
+        num_prompts: int = 2048,
+        num_val_prompts: int = 64,
+        max_digits: int = 2,
+        max_prompt_length: int = 96,
+        skip_invalid: bool = False,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        ptx_source: str | None = None,
+        ptx_field: str = "text",
+        ptx_docs: int = 2000,
+        ptx_length: int = 128,
+        ptx_batch_size: int = 8,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source, self.prompt_field, self.val_source, self.val_fraction = source, prompt_field, val_source, val_fraction
+        self.hub_name, self.hub_split, self.system_prompt = hub_name, hub_split, system_prompt
+        self.num_prompts, self.num_val_prompts, self.max_digits = num_prompts, num_val_prompts, max_digits
+        self.max_prompt_length, self.skip_invalid = max_prompt_length, skip_invalid
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.ptx_source, self.ptx_field, self.ptx_docs = ptx_source, ptx_field, ptx_docs
+        self.ptx_length, self.ptx_batch_size = ptx_length, ptx_batch_size
+        self.seed, self.num_workers = seed, num_workers
+        self.tokenizer: Tokenizer | None = None
+        self.fingerprint: str | None = None
+        self.stats: dict[str, PromptStats] = {}
+        self.datasets: dict[str, Prompts] = {}
+        self.ptx: torch.Tensor | None = None
+
+    def _options(self) -> dict[str, Any]:
+        keys = ("prompt_field", "val_source", "val_fraction", "hub_name", "hub_split", "system_prompt",
+                "num_prompts", "num_val_prompts", "max_digits", "max_prompt_length", "ptx_source", "ptx_field",
+                "ptx_docs", "ptx_length", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+    def raw_records(self) -> dict[str, tuple[list[dict], str]]:
+        """split -> (records, source name for messages)."""
+        if self.source == TASKS_SOURCE:
+            return {"train": (ppo_prompts(self.num_prompts, "train", self.seed, max_digits=self.max_digits),
+                              "tasks/train"),
+                    "val": (ppo_prompts(self.num_val_prompts, "val", self.seed, max_digits=self.max_digits),
+                            "tasks/val")}
+        records = load_source(self.source, self.hub_split, self.hub_name).to_list()
+        if self.val_source is not None:
+            val = load_source(self.val_source, self.hub_split, self.hub_name).to_list()
+            return {"train": (records, self.source), "val": (val, self.val_source)}
+        train, val = holdout_split(records, self.val_fraction, self.seed, self.source)
+        return {"train": (train, self.source), "val": (val, self.source)}
+
+    def build(self, records: list[dict], source: str, stats: PromptStats) -> Prompts:
+        """Render and length-check the prompts of one split."""
+        ids, kept = [], []
+        for i, record in enumerate(records):
+            stats.records += 1
+            try:
+                text = prompt_text(record, self.prompt_field, f"{source}, record {i}")
+            except (KeyError, ValueError):
+                if not self.skip_invalid:
+                    raise
+                stats.skipped_invalid += 1
+                continue
+            tokens = render_prompt(self.tokenizer, text, self.system_prompt)
+            if len(tokens) > self.max_prompt_length:
+                stats.dropped_too_long += 1
+                continue
+            ids.append(tokens)
+            kept.append(record)
+        stats.prompts = len(ids)
+        if not ids:
+            raise ValueError(f"{source}: no prompt left (stats: {stats.to_dict()}; "
+                             f"max_prompt_length={self.max_prompt_length})")
+        return Prompts(ids, kept)
+
+    def ptx_texts(self) -> list[str]:
+        if self.ptx_source == TASKS_SOURCE:
+            corpus = pretrain_corpus(self.ptx_docs, seed=self.seed, dup_rate=0.0, near_dup_rate=0.0, junk_rate=0.0,
+                                     max_digits=self.max_digits)
+            return corpus.docs
+        return load_texts(self.ptx_source, self.ptx_field, self.hub_split)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.tokenizer = model_tokenizer(self)
+        self.fingerprint = source_fingerprint(self.source, self._options())
+        for split, (records, source) in self.raw_records().items():
+            self.stats[split] = PromptStats()
+            self.datasets[split] = self.build(records, source, self.stats[split])
+        if self.ptx_source is not None:
+            self.ptx = ptx_blocks(self.tokenizer, self.ptx_texts(), self.ptx_length)
+            self.stats["train"].ptx_blocks = len(self.ptx)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        collate = PromptCollator(self.tokenizer.pad_id, self.ptx, self.ptx_batch_size, self.seed)
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          generator=generator, collate_fn=collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["val"], batch_size=self.val_batch_size,
+                          collate_fn=PromptCollator(self.tokenizer.pad_id), num_workers=self.num_workers)
