@@ -5,7 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from lit_llm.checkpoint import checkpoint_meta, load_backbone
 from lit_llm.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,3 +54,19 @@ def tiny_pretrain(tmp_path_factory: pytest.TempPathFactory, token_cache: Path) -
     root = tmp_path_factory.mktemp("pretrain")
     main(["fit", *micro_pretrain_args(root, token_cache)])
     return root
+
+
+@pytest.fixture(scope="session")
+def reward_ckpt(tiny_pretrain: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A reward-stage checkpoint: the micro pretrained backbone with a random head and known statistics."""
+    loaded = load_backbone(tiny_pretrain / "checkpoints" / "last.ckpt")
+    torch.manual_seed(1)
+    d = loaded.model.config.d_model
+    state = {f"model.{k}": v for k, v in loaded.model.state_dict().items()}
+    state.update({"head.weight": torch.randn(1, d) * 0.5, "head.bias": torch.zeros(1),
+                  "reward_mean": torch.tensor(0.25), "reward_std": torch.tensor(2.0)})
+    meta = checkpoint_meta("reward", loaded.model.config, loaded.tokenizer, "reward-run")
+    meta["reward_stats"] = {"mean": 0.25, "std": 2.0}
+    path = tmp_path_factory.mktemp("reward") / "reward.ckpt"
+    torch.save({"state_dict": state, "lit_llm": meta}, path)
+    return str(path)

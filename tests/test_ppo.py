@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from lit_llm.checkpoint import checkpoint_meta, load_backbone, read_checkpoint
+from lit_llm.checkpoint import load_backbone, read_checkpoint
 from lit_llm.cli import main
 from lit_llm.data.prompts import PromptDataModule, prompt_text, ptx_blocks
 from lit_llm.generation import Generation, generate
@@ -25,22 +25,6 @@ PPO_GOLD = str(REPO / "configs" / "ppo" / "tiny_gold.yaml")
 
 def ckpt(run: Path) -> str:
     return str(run / "checkpoints" / "last.ckpt")
-
-
-@pytest.fixture(scope="module")
-def reward_ckpt(tiny_pretrain: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A reward-stage checkpoint: the micro pretrained backbone with a random head and known statistics."""
-    loaded = load_backbone(ckpt(tiny_pretrain))
-    torch.manual_seed(1)
-    d = loaded.model.config.d_model
-    state = {f"model.{k}": v for k, v in loaded.model.state_dict().items()}
-    state.update({"head.weight": torch.randn(1, d) * 0.5, "head.bias": torch.zeros(1),
-                  "reward_mean": torch.tensor(0.25), "reward_std": torch.tensor(2.0)})
-    meta = checkpoint_meta("reward", loaded.model.config, loaded.tokenizer, "reward-run")
-    meta["reward_stats"] = {"mean": 0.25, "std": 2.0}
-    path = tmp_path_factory.mktemp("reward") / "reward.ckpt"
-    torch.save({"state_dict": state, "lit_llm": meta}, path)
-    return str(path)
 
 
 def attach(module: PPOModule) -> PPOModule:
