@@ -168,11 +168,13 @@ def _generate(
     steps = 0
     for step in range(max_new_tokens):
         cur = T0 + step  # tokens[:, :cur] are known
+        # only the last position's logits are needed: the LM head runs on it alone (not on the whole prompt)
         if cache is None:
-            logits = model(tokens[:, :cur], attention_mask=mask[:, :cur])[:, -1]
+            hidden = model.hidden_states(tokens[:, :cur], attention_mask=mask[:, :cur])[:, -1]
         else:
             start = cache.length  # first step feeds the prompt, later steps only the newest token
-            logits = model(tokens[:, start:cur], attention_mask=mask[:, :cur], kv_cache=cache)[:, -1]
+            hidden = model.hidden_states(tokens[:, start:cur], attention_mask=mask[:, :cur], kv_cache=cache)[:, -1]
+        logits = model.lm_head(hidden).float()
         next_ids, next_logprobs = sample_next(logits, temperature, top_k, top_p, generator)
         active = ~done
         tokens[:, cur] = torch.where(active, next_ids, torch.full_like(next_ids, pad_id))
