@@ -1,7 +1,7 @@
-"""lit_llm's own commands beside Lightning's: `generate` and `export`.
+"""lit_llm's own commands beside Lightning's: generate, export, prepare, rejection-sample, pipeline, report.
 
 Each command is a small argparse front over a library function, registered in `COMMANDS` as
-name -> (handler(argv), one-line help). Later commands (prepare, pipeline, report, bench) register here too.
+name -> (handler(argv), one-line help). Later commands register here too.
 """
 
 import argparse
@@ -73,9 +73,25 @@ def rejection_sample_command(argv: list[str]) -> None:
     run_rejection(argv)
 
 
+def pipeline_command(argv: list[str]) -> None:
+    """Run a pipeline recipe: stages in order, resuming where it stopped, one MLflow pipeline run."""
+    from lit_llm.pipeline import main as run_pipeline  # imports the stages only when used
+
+    run_pipeline(argv)
+
+
+def report_command(argv: list[str]) -> None:
+    """Write REPORT.md and plots from MLflow runs, or check a fresh run against reported values."""
+    from lit_llm.report import main as run_report  # matplotlib only when used
+
+    run_report(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "generate": (generate_command, "complete a prompt with a checkpoint or HF directory"),
     "export": (export_command, "checkpoint -> Hugging Face Llama directory"),
     "prepare": (prepare_command, "clean, dedup, filter, mix, tokenize"),
     "rejection-sample": (rejection_sample_command, "best-of-n samples -> SFT data and preference pairs"),
+    "pipeline": (pipeline_command, "run a recipe's stages in order (configs/pipeline/)"),
+    "report": (report_command, "MLflow runs -> REPORT.md + plots; --check reported values"),
 }

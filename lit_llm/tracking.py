@@ -15,6 +15,8 @@ import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow's own tag: the UI nests a run under this run (display only; weights' lineage is lit_llm.parent_run_id)
+PARENT_RUN_TAG = "mlflow.parentRunId"
 TRACKED_PACKAGES = ("lit-llm", "torch", "lightning", "mlflow", "tokenizers", "datasets", "transformers")
 
 
@@ -110,3 +112,41 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in items:
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """Id of the MLflow experiment `name`, created when it does not exist yet."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, str]:
+    """The machine a result was measured on: CPU model and cores, memory, accelerators, OS, load at the time.
+
+    Wall times mean little without it, and the load average says whether the machine was shared.
+    """
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"cpu": _cpu_model(), "cpu_cores": str(cores), "torch_threads": str(torch.get_num_threads()),
+            "os": platform.platform()}
+    try:
+        info["memory_gb"] = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f}"
+    except (ValueError, OSError, AttributeError):
+        pass
+    if torch.cuda.is_available():
+        info["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1m"] = f"{os.getloadavg()[0]:.2f}"
+    return info

@@ -1,19 +1,16 @@
-"""Iterative Llama-3-style post-training: R rounds of rejection sampling → SFT → DPO, in process.
+"""Llama-3-style post-training rounds from a rounds config, run by `lit-llm pipeline` (a thin wrapper).
 
-    python scripts/llama3_rounds.py --config configs/llama3/tiny.yaml [--rounds R]
+    python scripts/llama3_rounds.py --config configs/llama3/tiny.yaml [--rounds R] [--dry_run]
 
-Per round r (1..R), from the current policy (round 1: `policy` of the config):
-    1. `lit-llm rejection-sample` from the policy, scored by the reward model (trained first from
-       `reward.config` when `reward.checkpoint` does not exist yet) or by the gold answers (`reward.checkpoint:
-       gold`), into <root>/round<r>/samples (prompt seed = `rejection.seed` + r, so each round sees new prompts);
-    2. SFT on the kept samples, init from the policy;
-    3. DPO on the new pairs, init from the new SFT model (reference = that SFT model);
-the next round starts from the DPO checkpoint. The stages run through `lit_llm.cli.main` with their stage configs
-plus overrides. MLflow links the runs by `lit_llm.parent_run_id`: rejection sampling and SFT → the policy's run,
-DPO → the SFT run; SFT and DPO runs also carry `lit_llm.round` and `lit_llm.rejection_run_id`. stats.json of
-each round lands in <root>/rounds.json.
+The config (configs/llama3/*.yaml: experiment_name, root, rounds, policy, reward {checkpoint, config}, rejection,
+sft, dpo) becomes a pipeline recipe with one `rounds` stage (see `lit_llm.pipeline.expand_rounds`): per round r,
+rejection sampling from the policy (prompt seed = rejection.seed + r) → SFT on the kept samples → DPO on the new
+pairs, into <root>/round<r>/{samples,sft,dpo}, the next round starting from the DPO checkpoint. When
+`reward.checkpoint` is not "gold" and does not exist, a reward stage trains it first from `reward.config`.
+Being a pipeline, it resumes where it stopped and nests the runs under a pipeline run in MLflow. Each round's
+rejection statistics land in <root>/rounds.json.
 
-Deliberate simplification: the reward model is trained once, not retrained on each round's new pairs.
+The same rounds inside a larger recipe: a `kind: rounds` stage, as in configs/pipeline/tiny.yaml.
 """
 
 import argparse
@@ -22,61 +19,42 @@ from pathlib import Path
 
 import yaml
 
-from lit_llm.cli import main as cli_main
-from lit_llm.rejection import rejection_sample
+from lit_llm.pipeline import PipelineError, recipe_from_dict, run_pipeline
 
 
-def stage_args(stage: dict, root: Path, name: str, experiment: str, tags: dict, extra: list[str]) -> list[str]:
-    """`fit` arguments for one stage run: its config, the round's paths and names, then the config's overrides."""
-    return ["fit", "--config", stage["config"], f"--trainer.default_root_dir={root}",
-            f"--trainer.logger.init_args.experiment_name={experiment}", f"--trainer.logger.init_args.run_name={name}",
-            f"--trainer.logger.init_args.tags={json.dumps(tags)}", "--trainer.enable_progress_bar=false",
-            *extra, *stage.get("overrides", [])]
-
-
-def ensure_reward(cfg: dict, experiment: str) -> str:
-    """The reward checkpoint (or "gold"), training it from `reward.config` when it does not exist."""
-    reward = cfg["reward"]
-    path = reward["checkpoint"]
-    if path != "gold" and not Path(path).is_file():
-        root = Path(path).parents[1]
-        cli_main(stage_args(reward, root, "reward", experiment, {}, []))
-    return path
-
-
-def run_round(cfg: dict, r: int, policy: str, reward: str) -> tuple[str, dict]:
-    """One round; returns the new policy (DPO last.ckpt) and the rejection statistics."""
-    root, experiment = Path(cfg["root"]) / f"round{r}", cfg["experiment_name"]
-    rs = dict(cfg["rejection"])
-    rs["seed"] = rs.get("seed", 0) + r
-    stats = rejection_sample(policy, reward, out=root / "samples", experiment_name=experiment,
-                             run_name=f"round{r}-rejection", **rs)
-    tags = {"lit_llm.round": str(r), "lit_llm.rejection_run_id": stats["run_id"]}
-    sft_root, dpo_root = root / "sft", root / "dpo"
-    cli_main(stage_args(cfg["sft"], sft_root, f"round{r}-sft", experiment, tags,
-                        [f"--model.init_args.init_from={policy}",
-                         f"--data.init_args.source={root / 'samples' / 'sft.jsonl'}"]))
-    sft_ckpt = str(sft_root / "checkpoints" / "last.ckpt")
-    cli_main(stage_args(cfg["dpo"], dpo_root, f"round{r}-dpo", experiment, tags,
-                        [f"--model.init_args.init_from={sft_ckpt}",
-                         f"--data.init_args.source={root / 'samples' / 'pairs.jsonl'}"]))
-    return str(dpo_root / "checkpoints" / "last.ckpt"), stats
+def recipe(cfg: dict, rounds: int) -> dict:
+    """The pipeline recipe of a rounds config."""
+    checkpoint = cfg["reward"]["checkpoint"]
+    stages, reward = [], checkpoint
+    if checkpoint != "gold" and not Path(checkpoint).is_file():
+        stages.append({"name": "reward", "config": cfg["reward"]["config"], "dir": str(Path(checkpoint).parents[1])})
+        reward = "reward"
+    stages.append({"name": "llama3", "kind": "rounds", "dir": cfg["root"], "rounds": rounds, "policy": cfg["policy"],
+                   "reward": reward, "rejection": cfg.get("rejection") or {}, "sft": cfg["sft"], "dpo": cfg["dpo"]})
+    return {"name": Path(cfg["root"]).name, "experiment_name": cfg["experiment_name"], "root": cfg["root"],
+            "overrides": ["--trainer.enable_progress_bar=false"], "stages": stages}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="rounds config, e.g. configs/llama3/tiny.yaml")
     parser.add_argument("--rounds", type=int, default=None, help="number of rounds (default: the config's)")
+    parser.add_argument("--dry_run", action="store_true", help="print the stages and their commands only")
     args = parser.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
     rounds = args.rounds or cfg.get("rounds", 1)
-    reward = ensure_reward(cfg, cfg["experiment_name"])
-    policy, history = cfg["policy"], []
-    for r in range(1, rounds + 1):
-        policy, stats = run_round(cfg, r, policy, reward)
-        history.append({"round": r, "policy": policy, **stats})
-        Path(cfg["root"], "rounds.json").write_text(json.dumps(history, indent=2))
+    try:
+        rows = run_pipeline(recipe_from_dict(recipe(cfg, rounds), args.config), dry_run=args.dry_run, report=False)
+    except PipelineError as err:
+        raise SystemExit(f"llama3_rounds: {err}") from err
+    if args.dry_run:
+        return
+    history = [{"round": r, "policy": str(Path(cfg["root"], f"round{r}", "dpo", "checkpoints", "last.ckpt")),
+                **json.loads(Path(cfg["root"], f"round{r}", "samples", "stats.json").read_text())}
+               for r in range(1, rounds + 1)]
+    Path(cfg["root"], "rounds.json").write_text(json.dumps(history, indent=2))
     print(json.dumps(history, indent=2))
+    print(f"{len(rows)} stages; MLflow experiment {cfg['experiment_name']}")
 
 
 if __name__ == "__main__":
