@@ -32,10 +32,13 @@ MICRO = {  # per stage of the tiny recipe: a smaller corpus, model and data
                "--data.init_args.num_val_pairs=8", "--data.init_args.num_val_ranked=4",
                "--data.init_args.batch_size=4"],
     "dpo": DPO,
+    "ppo": [*GOLD, "--model.init_args.max_new_tokens=6", "--model.init_args.ppo_epochs=1",
+            "--model.init_args.mini_batch_size=4", "--data.init_args.num_prompts=32",
+            "--data.init_args.num_val_prompts=4", "--data.init_args.batch_size=8"],
 }
 # the micro model answers nothing right, so gold-scored samples would all tie: score with the reward model
 MICRO_SAMPLES = {"prompts": 8, "n": 2, "max_new_tokens": 4, "batch_size": 16}
-TIMING = ("tokens_per_s", "mfu", "timing.", "seconds")
+TIMING = ("tokens_per_s", "mfu", "timing.", "seconds", "time_")
 
 
 def micro_recipe(rounds: int = 1) -> dict:
@@ -112,13 +115,14 @@ def test_dry_run_prints_every_command_wired_by_path_and_runs_nothing(tmp_path: P
     root = tmp_path / "runs"
     main(["pipeline", "--config", str(recipe), "--root", str(root), "--experiment_name", "dry", "--dry_run"])
     out = capsys.readouterr().out
-    names = ["prepare", "pretrain", "sft", "reward", "dpo-pairs", "dpo"] + [
+    names = ["prepare", "pretrain", "sft", "reward", "ppo", "dpo-pairs", "dpo"] + [
         f"llama3-r{r}-{part}" for r in (1, 2) for part in ("samples", "sft", "dpo")]
     assert [m.group(1) for m in re.finditer(r"^\s*\d+\. (\S+)", out, re.M)] == names
     assert out.count(" run   (") == len(names)
     ckpt = lambda stage: f"{root}/{stage}/checkpoints/last.ckpt"  # noqa: E731
     assert f"--data.init_args.source={root}/prepare" in out
     assert f"--model.init_args.init_from={ckpt('pretrain')} " in out  # sft
+    assert f"--model.init_args.reward_from={ckpt('reward')} " in out  # ppo
     assert f"--data.init_args.source={root}/dpo-pairs/pairs.jsonl" in out
     r1_dpo = f"{root}/llama3/round1/dpo/checkpoints/last.ckpt"
     assert f"--policy={r1_dpo} --reward={ckpt('reward')} --out={root}/llama3/round2/samples" in out
@@ -129,13 +133,13 @@ def test_dry_run_prints_every_command_wired_by_path_and_runs_nothing(tmp_path: P
 @pytest.mark.parametrize(("change", "message"), [
     (lambda r: r["stages"][2].update(init_frm="pretrain"), "stage 'sft': unknown key 'init_frm'; did you mean "
                                                            "'init_from'?"),
-    (lambda r: r["stages"][5].update(data="{nope}/pairs.jsonl"), "stage 'dpo', data: '{nope}' is not 'root' or an "
+    (lambda r: r["stages"][6].update(data="{nope}/pairs.jsonl"), "stage 'dpo', data: '{nope}' is not 'root' or an "
                                                                  "earlier stage"),
-    (lambda r: r["stages"][5].update(data="{dpo}/pairs.jsonl"), "'{dpo}' is not 'root' or an earlier stage"),
+    (lambda r: r["stages"][6].update(data="{dpo}/pairs.jsonl"), "'{dpo}' is not 'root' or an earlier stage"),
     (lambda r: r["stages"][2].update(init_from="prepare"), "'prepare' is a prepare stage, not a checkpoint"),
     (lambda r: r["stages"][3].update(name="sft"), "the name 'sft' is used twice"),
     (lambda r: r["stages"][1].update(kind="train"), "kind must be one of prepare, fit, rejection-sample, rounds"),
-    (lambda r: r["stages"][6].pop("sft"), "stage 'llama3': a rounds stage needs 'sft'"),
+    (lambda r: r["stages"][7].pop("sft"), "stage 'llama3': a rounds stage needs 'sft'"),
     (lambda r: r.update(stage=[]), "unknown key 'stage'; did you mean 'stages'?"),
 ])
 def test_recipe_errors_name_the_file_the_stage_and_the_key(tmp_path: Path, change, message: str) -> None:
@@ -151,8 +155,7 @@ def test_recipe_errors_name_the_file_the_stage_and_the_key(tmp_path: Path, chang
 
 def test_a_missing_stage_config_is_named_before_anything_runs(tmp_path: Path) -> None:
     raw = micro_recipe()
-    raw["stages"].insert(4, {"name": "ppo", "config": "configs/ppo/missing.yaml", "init_from": "sft",
-                             "reward_from": "reward"})
+    raw["stages"][4]["config"] = "configs/ppo/missing.yaml"  # the ppo stage
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", raw), root=str(tmp_path / "runs"))
     assert "--model.init_args.reward_from=" + str(tmp_path / "runs/reward/checkpoints/last.ckpt") in \
         recipe.stages[4].argv
@@ -176,8 +179,8 @@ def test_micro_pipeline_runs_every_stage_nested_with_lineage_and_a_report(pipeli
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"recipe.yaml", "stages.json", "commands.sh"} <= artifacts
     runs = stage_runs(client, pipeline_a["experiment"])
-    names = ["prepare", "pretrain", "sft", "reward", "dpo-pairs", "dpo", "llama3-r1-samples", "llama3-r1-sft",
-             "llama3-r1-dpo"]
+    names = ["prepare", "pretrain", "sft", "reward", "ppo", "dpo-pairs", "dpo", "llama3-r1-samples",
+             "llama3-r1-sft", "llama3-r1-dpo"]
     assert sorted(runs) == sorted(names)
     for name, run in runs.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id, name
@@ -185,7 +188,7 @@ def test_micro_pipeline_runs_every_stage_nested_with_lineage_and_a_report(pipeli
         marker = json.loads((root / ".pipeline" / f"{name}.json").read_text())
         assert marker["run_id"] == run.info.run_id
     rid = {name: run.info.run_id for name, run in runs.items()}
-    lineage = {"sft": "pretrain", "reward": "sft", "dpo-pairs": "sft", "dpo": "sft", "llama3-r1-samples": "sft",
+    lineage = {"sft": "pretrain", "reward": "sft", "ppo": "sft", "dpo-pairs": "sft", "dpo": "sft", "llama3-r1-samples": "sft",
                "llama3-r1-sft": "sft", "llama3-r1-dpo": "llama3-r1-sft"}
     for child, parent_stage in lineage.items():
         assert runs[child].data.tags["lit_llm.parent_run_id"] == rid[parent_stage], child
@@ -246,7 +249,8 @@ def test_a_second_run_skips_done_stages_and_a_stopped_stage_runs_again(pipeline_
     recipe = load_recipe(write_recipe(tmp_path / "changed.yaml", raw), root=str(root),
                          experiment_name=pipeline_a["experiment"])
     runs = {stage.name: why for stage, runs, why in plan(recipe) if runs}
-    assert runs == {"reward": "command, config or inputs changed", "dpo-pairs": "input reward runs",
+    assert runs == {"reward": "command, config or inputs changed", "ppo": "input reward runs",
+                    "dpo-pairs": "input reward runs",
                     "dpo": "input dpo-pairs runs", "llama3-r1-samples": "input reward runs",
                     "llama3-r1-sft": "input llama3-r1-samples runs",
                     "llama3-r1-dpo": "input llama3-r1-sft, llama3-r1-samples runs"}
@@ -278,7 +282,7 @@ def test_check_passes_on_a_fresh_run_and_fails_with_a_readable_diff(pipeline_a: 
 
     expected = json.loads(reported.read_text())
     expected["stages"]["sft"]["val/loss"]["value"] += 1.0
-    expected["stages"]["ppo"] = {"train/kl": {"value": 0.1, "tolerance": 0.01}}
+    expected["stages"]["ppo-extra"] = {"train/kl": {"value": 0.1, "tolerance": 0.01}}
     off = tmp_path / "expected.json"
     off.write_text(json.dumps(expected))
     with pytest.raises(SystemExit) as exit_info:
@@ -287,5 +291,5 @@ def test_check_passes_on_a_fresh_run_and_fails_with_a_readable_diff(pipeline_a: 
     out = capsys.readouterr().out
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines()[1:-1]}
     assert "FAIL" in lines["sft val/loss"] and "-1" in lines["sft val/loss"]
-    assert "missing" in lines["ppo train/kl"] and "no such stage run" in lines["ppo train/kl"]
+    assert "missing" in lines["ppo-extra train/kl"] and "no such stage run" in lines["ppo-extra train/kl"]
     assert out.splitlines()[-1] == f"2 of {len(lines) - 1} values do NOT reproduce"
