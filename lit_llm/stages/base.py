@@ -12,7 +12,7 @@ import torchmetrics
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 
-from lit_llm.checkpoint import META_KEY, checkpoint_meta, load_backbone
+from lit_llm.checkpoint import META_KEY, LoadedModel, checkpoint_meta, load_backbone
 from lit_llm.data.tasks import Example, make_examples
 from lit_llm.evaluation import gold_eval
 from lit_llm.model import Transformer
@@ -45,6 +45,14 @@ class StageModule(pl.LightningModule):
     def flops_per_token(self) -> float | None:
         """Training FLOPs per token of the backbone (for MFU), None before the model exists."""
         return self.model.flops_per_token() if self.model is not None else None
+
+    def load_starting_model(self, init_from: str, activation_checkpointing: bool = False) -> LoadedModel:
+        """Load the stage's starting weights and tokenizer (`self.model`, `self.tokenizer`) from a checkpoint of
+        any stage or a Hugging Face directory, and remember its MLflow run as this run's parent."""
+        loaded = load_backbone(init_from)
+        self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
+        self.model.activation_checkpointing = activation_checkpointing
+        return loaded
 
     # ------------------------------------------------------------------------------- frozen models
     def load_reference(self, ref_from: str | None) -> Transformer:

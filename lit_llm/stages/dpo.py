@@ -33,7 +33,6 @@ import torch
 import torchmetrics
 from torch import nn
 
-from lit_llm.checkpoint import load_backbone
 from lit_llm.losses import (IGNORE_INDEX, cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss,
                             rpo_nll_loss, token_logprobs)
 from lit_llm.model import Transformer
@@ -113,9 +112,7 @@ class DPOModule(StageModule):
         self.precompute_ref_logprobs = precompute_ref_logprobs
         self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
         self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
-        loaded = load_backbone(init_from)
-        self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
-        self.model.activation_checkpointing = activation_checkpointing
+        self.load_starting_model(init_from, activation_checkpointing)
         self.set_frozen("reference", self.load_reference(ref_from))
         self.ref_cache: dict[bytes, float] | None = None
         self.val_metrics = nn.ModuleDict({name: torchmetrics.MeanMetric() for name in METRICS})

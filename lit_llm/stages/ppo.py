@@ -251,10 +251,8 @@ class PPOModule(StageModule):
         self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
         self.rollout_table_every, self.rollout_table_rows = rollout_table_every, rollout_table_rows
 
-        loaded = load_backbone(init_from)
-        self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
+        self.load_starting_model(init_from, activation_checkpointing)
         disable_dropout(self.model)
-        self.model.activation_checkpointing = activation_checkpointing
         self.set_frozen("reference", self.load_reference(ref_from))
         self.reward_mean, self.reward_std = 0.0, 1.0
         self.set_frozen("reward_model", self.load_reward(reward_from))

@@ -80,9 +80,7 @@ class RewardModule(StageModule):
         super().__init__(optim)
         self.init_from, self.center_coef, self.stats_prompts = init_from, center_coef, stats_prompts
         self.num_samples = num_samples
-        loaded = load_backbone(init_from)
-        self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
-        self.model.activation_checkpointing = activation_checkpointing
+        loaded = self.load_starting_model(init_from, activation_checkpointing)
         self.head = ScalarHead(self.model).head  # only the head is registered here; the backbone is self.model
         self.register_buffer("reward_mean", torch.zeros(()))
         self.register_buffer("reward_std", torch.ones(()))

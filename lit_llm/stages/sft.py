@@ -20,7 +20,6 @@ batches with more targets do not weigh more.
 import torch
 import torchmetrics
 
-from lit_llm.checkpoint import load_backbone
 from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
 from lit_llm.optim import OptimConfig
 from lit_llm.stages.base import StageModule
@@ -57,9 +56,7 @@ class SFTModule(StageModule):
     ) -> None:
         super().__init__(optim)
         self.init_from = init_from
-        loaded = load_backbone(init_from)
-        self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
-        self.model.activation_checkpointing = activation_checkpointing
+        self.load_starting_model(init_from, activation_checkpointing)
         self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
         self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
         self.val_loss = torchmetrics.MeanMetric()
