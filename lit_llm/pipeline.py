@@ -481,11 +481,11 @@ class PipelineRun:
     def __init__(self, recipe: Recipe) -> None:
         from mlflow import MlflowClient
 
-        from lit_llm.tracking import experiment_id, resolve_tracking_uri
+        from lit_llm.tracking import get_or_create_experiment, resolve_tracking_uri
 
         self.recipe, self.uri = recipe, resolve_tracking_uri()
         self.client = MlflowClient(self.uri)
-        self.experiment_id = experiment_id(self.client, recipe.experiment_name)
+        self.experiment_id = get_or_create_experiment(self.client, recipe.experiment_name)
         self.state = recipe.state_dir / "pipeline.json"
         self.run_id = self._reopen() or self._create()
         self.rows: list[dict] = []

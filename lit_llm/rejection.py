@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 from lit_llm.checkpoint import load_backbone
+from lit_llm.data.prompts import render_prompt
 from lit_llm.data.tasks import gold_reward, is_correct, ppo_prompts, write_jsonl
 from lit_llm.generation import Generation, generate, left_pad
 from lit_llm.tokenizer import Tokenizer
-from lit_llm.tracking import git_sha, resolve_tracking_uri
+from lit_llm.tracking import get_or_create_experiment, git_sha, resolve_tracking_uri
 
 STAGE = "rejection_sampling"
 # (records of the batch's rows, their decoded responses, the generation) -> (rows,) float scores
@@ -79,12 +80,6 @@ def reward_model_scorer(path: str, policy_tokenizer: Tokenizer) -> Scorer:
         return ((raw - mean) / std).float().cpu()
 
     return score
-
-
-def render_prompt(tokenizer: Tokenizer, prompt: str, system_prompt: str | None) -> list[int]:
-    """The prompt as a chat: [system], user = the prompt, then the assistant header."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return tokenizer.render_chat(messages + [{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
 
 
 @torch.no_grad()
@@ -145,8 +140,7 @@ def log_run(stats: RejectionStats, params: dict, out: Path, parent_run_id: str |
     from mlflow.entities import Metric, Param
 
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    experiment_id = get_or_create_experiment(client, experiment_name)
     tags = {"lit_llm.stage": STAGE, "lit_llm.git_sha": git_sha()}
     if parent_run_id:
         tags["lit_llm.parent_run_id"] = parent_run_id

@@ -114,7 +114,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def experiment_id(client: Any, name: str) -> str:
+def get_or_create_experiment(client: Any, name: str) -> str:
     """Id of the MLflow experiment `name`, created when it does not exist yet."""
     experiment = client.get_experiment_by_name(name)
     return experiment.experiment_id if experiment else client.create_experiment(name)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lit_llm.data.cleaning import STEPS, Cleaned
-from lit_llm.tracking import flatten, git_sha, package_versions, resolve_tracking_uri
+from lit_llm.tracking import flatten, get_or_create_experiment, git_sha, package_versions, resolve_tracking_uri
 
 MLFLOW_BATCH = 100  # MLflow stores accept at most 100 params / 1000 metrics per log_batch call
 
@@ -116,8 +116,7 @@ def tracked_run(enabled: bool, experiment_name: str, run_name: str | None, track
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    experiment_id = get_or_create_experiment(client, experiment_name)
     run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
     try:
         yield client, run_id

@@ -64,7 +64,8 @@ def prompt_text(record: dict, prompt_field: str, where: str) -> str:
 
 
 def render_prompt(tokenizer: Tokenizer, text: str, system_prompt: str | None) -> list[int]:
-    """[system], user = text, assistant header: the tokens a policy continues with its answer."""
+    """[system], user = text, assistant header: the tokens a policy continues with its answer (PPO prompts,
+    rejection sampling and every stage's gold evaluation ask this way)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": text})
     return tokenizer.render_chat(messages, add_generation_prompt=True)[0]

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 
 from lit_llm.checkpoint import META_KEY, LoadedModel, checkpoint_meta, load_backbone
+from lit_llm.data.prompts import render_prompt
 from lit_llm.data.tasks import Example, make_examples
 from lit_llm.evaluation import gold_eval
 from lit_llm.model import Transformer
@@ -107,9 +108,7 @@ class StageModule(pl.LightningModule):
     def render_question(self, example: Example) -> list[int]:
         """A gold question as a chat: [the data module's system prompt], user = the question, assistant header."""
         system = getattr(getattr(self.trainer, "datamodule", None), "system_prompt", None)
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": example.prompt})
-        return self.tokenizer.render_chat(messages, add_generation_prompt=True)[0]
+        return render_prompt(self.tokenizer, example.prompt, system)
 
     def gold_stop_ids(self) -> list[int]:
         """Tokens that end a gold answer: the end of the assistant's turn."""
