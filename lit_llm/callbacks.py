@@ -107,15 +107,37 @@ class Throughput(pl.Callback):
     included). Tokens are counted from `batch["input_ids"]` (all positions, padding included).
 
     Args:
-        peak_flops: Peak FLOP/s of one device at the training precision; `lit-llm bench` measures it.
+        peak_flops: Peak FLOP/s of one device at the training precision: a number (e.g. 989e12), or the path of
+            the JSON file that `lit-llm bench --out bench.json` wrote on the training machine (its measured
+            `peak_flops` is read; run the bench with the training dtype, e.g. `--dtype bfloat16` for
+            bf16-mixed). None: tokens/s only, no MFU.
         log_every_n_steps: Averaging window in batches (default: the trainer's `log_every_n_steps`).
     """
 
-    def __init__(self, peak_flops: float | None = None, log_every_n_steps: int | None = None) -> None:
+    def __init__(self, peak_flops: float | str | None = None, log_every_n_steps: int | None = None) -> None:
+        if isinstance(peak_flops, (str, os.PathLike)):
+            peak_flops = self.read_peak_flops(peak_flops)  # read once, at construction: a bad path fails early
         self.peak_flops = peak_flops
         self.log_every_n_steps = log_every_n_steps
         self._tokens = 0
         self._start: float | None = None
+
+    @staticmethod
+    def read_peak_flops(path: "str | os.PathLike[str]") -> float:
+        """The `peak_flops` of a `lit-llm bench` JSON file, with errors that name the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                results = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Throughput(peak_flops={str(path)!r}): no such file; give a number or the "
+                                    f"JSON written by `lit-llm bench --out`") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Throughput(peak_flops={str(path)!r}): not a JSON file ({err})") from err
+        peak = results.get("peak_flops") if isinstance(results, dict) else None
+        if not isinstance(peak, (int, float)) or isinstance(peak, bool) or not 0 < peak < float("inf"):
+            raise ValueError(f"{path} has no positive 'peak_flops' (got {peak!r}); it is written by `lit-llm "
+                             f"bench` unless the matmul section was skipped")
+        return float(peak)
 
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
                              batch_idx: int) -> None:
