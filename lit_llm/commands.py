@@ -1,4 +1,4 @@
-"""lit_llm's own commands beside Lightning's: generate, export, prepare, rejection-sample, pipeline, report.
+"""lit_llm's own commands beside Lightning's: generate, export, prepare, rejection-sample, pipeline, report, bench.
 
 Each command is a small argparse front over a library function, registered in `COMMANDS` as
 name -> (handler(argv), one-line help). Later commands register here too.
@@ -87,6 +87,13 @@ def report_command(argv: list[str]) -> None:
     run_report(argv)
 
 
+def bench_command(argv: list[str]) -> None:
+    """Measure this machine: matmul peak, training tokens/s and MFU, KV-cache generation, DPO and PPO steps."""
+    from lit_llm.bench import main as run_bench  # imports every stage only when used
+
+    run_bench(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "generate": (generate_command, "complete a prompt with a checkpoint or HF directory"),
     "export": (export_command, "checkpoint -> Hugging Face Llama directory"),
@@ -94,4 +101,5 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "rejection-sample": (rejection_sample_command, "best-of-n samples -> SFT data and preference pairs"),
     "pipeline": (pipeline_command, "run a recipe's stages in order (configs/pipeline/)"),
     "report": (report_command, "MLflow runs -> REPORT.md + plots; --check reported values"),
+    "bench": (bench_command, "matmul peak, train tokens/s + MFU, generation, DPO/PPO step time"),
 }
