@@ -3,6 +3,9 @@
 Random weights and random prompts (throughput does not depend on what the model says). Greedy decoding with no
 eos, so every row generates exactly --new-tokens tokens. One untimed warm-up call per setting.
 
+The measurement is `lit_llm.bench.generation_rows`, the generation section of `lit-llm bench`; this script keeps
+the command of reports/generation.md and its model-shape options.
+
 Usage:
     python benchmarks/generation.py --out reports/generation_bench.json
 """
@@ -13,12 +16,11 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
 
-from lit_llm.generation import generate
+from lit_llm.bench import generation_rows, generation_table
 from lit_llm.model import ModelConfig, Transformer
 
 
@@ -37,32 +39,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def time_generation(model: Transformer, batch_size: int, prompt_len: int, new_tokens: int, use_cache: bool) -> float:
-    """Seconds for one greedy generate() call (after one short warm-up call)."""
-    g = torch.Generator().manual_seed(batch_size)
-    prompt = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len), generator=g)
-    mask = torch.ones_like(prompt)
-    generate(model, prompt, mask, max_new_tokens=4, temperature=0, use_cache=use_cache)  # warm-up
-    start = time.perf_counter()
-    out = generate(model, prompt, mask, max_new_tokens=new_tokens, temperature=0, use_cache=use_cache)
-    elapsed = time.perf_counter() - start
-    assert out.response.shape == (batch_size, new_tokens)
-    return elapsed
-
-
-def markdown_table(rows: list[dict]) -> str:
-    lines = [
-        "| batch | cached tok/s | uncached tok/s | speedup | cached s | uncached s |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['batch_size']} | {r['cached_tok_s']:.1f} | {r['uncached_tok_s']:.1f} | {r['speedup']:.2f}x "
-            f"| {r['cached_s']:.2f} | {r['uncached_s']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -74,21 +50,13 @@ def main() -> None:
     )  # fmt: skip
     model = Transformer(config).eval()
     load_before = os.getloadavg()[0]  # the machine may be shared: record how busy it was
-    rows = []
-    for bs in args.batch_sizes:
-        cached = time_generation(model, bs, args.prompt_len, args.new_tokens, use_cache=True)
-        uncached = time_generation(model, bs, args.prompt_len, args.new_tokens, use_cache=False)
-        n = bs * args.new_tokens
-        rows.append(
-            dict(batch_size=bs, cached_s=cached, uncached_s=uncached, cached_tok_s=n / cached,
-                 uncached_tok_s=n / uncached, speedup=uncached / cached)
-        )  # fmt: skip
+    rows = generation_rows(model, args.batch_sizes, args.prompt_len, args.new_tokens)
     env = dict(
         torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
         threads=torch.get_num_threads(), params=model.num_params(), load_avg_1min=[load_before, os.getloadavg()[0]],
     )  # fmt: skip
     print(f"model: {config}\nparams: {model.num_params():,}  env: {env}\n")
-    print(markdown_table(rows))
+    print(generation_table(rows))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result = dict(args={k: str(v) for k, v in vars(args).items()}, config=config.to_dict(), env=env, results=rows)
