@@ -67,6 +67,7 @@ from lit_llm.data.sources import (
     require_fields,
     source_fingerprint,
 )
+from lit_llm.data.sampling import train_loader
 from lit_llm.data.sft import right_pad
 from lit_llm.data.tasks import preference_pairs, ranked_lists
 from lit_llm.losses import IGNORE_INDEX
@@ -570,9 +571,8 @@ class PreferenceDataModule(pl.LightningDataModule):
         return PreferenceCollator(self.tokenizer.pad_id)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, generator=generator,
-                          collate_fn=self.collator(), num_workers=self.num_workers)
+        return train_loader(self, self.datasets["train"], self.batch_size, self.seed, collate_fn=self.collator(),
+                            num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["val"], batch_size=self.batch_size, collate_fn=self.collator(),

@@ -26,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lit_llm.data.sampling import train_loader
 from lit_llm.data.sources import holdout_split, load_source, load_texts, model_tokenizer, source_fingerprint
 from lit_llm.data.tasks import alpaca_prompt, ppo_prompts, pretrain_corpus
 from lit_llm.generation import left_pad
@@ -248,10 +249,9 @@ class PromptDataModule(pl.LightningDataModule):
             self.stats["train"].ptx_blocks = len(self.ptx)
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
         collate = PromptCollator(self.tokenizer.pad_id, self.ptx, self.ptx_batch_size, self.seed)
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          generator=generator, collate_fn=collate, num_workers=self.num_workers)
+        return train_loader(self, self.datasets["train"], self.batch_size, self.seed, drop_last=True,
+                            collate_fn=collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["val"], batch_size=self.val_batch_size,

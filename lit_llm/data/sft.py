@@ -45,6 +45,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from lit_llm.data.sampling import train_loader
 from lit_llm.data.sources import (
     holdout_split,
     load_source,
@@ -444,9 +445,8 @@ class SFTDataModule(pl.LightningDataModule):
             rank_zero_warn(f"SFT {split} data ({stats.records} records): {lost}{hint}")
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, generator=generator,
-                          collate_fn=SFTCollator(self.tokenizer.pad_id), num_workers=self.num_workers)
+        return train_loader(self, self.datasets["train"], self.batch_size, self.seed,
+                            collate_fn=SFTCollator(self.tokenizer.pad_id), num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["val"], batch_size=self.batch_size,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lit_llm.data.sampling import train_loader
 from lit_llm.data.sources import load_texts, source_fingerprint
 from lit_llm.data.tasks import make_examples, pretrain_corpus
 from lit_llm.tokenizer import Tokenizer
@@ -246,9 +247,8 @@ class TextDataModule(pl.LightningDataModule):
             ds = RandomWindows(self.train_tokens, self.block_size, self.train_samples, self.seed)
         else:
             ds = PackedBlocks(self.train_tokens, self.block_size)
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=self.sampling == "packed", generator=generator,
-                          num_workers=self.num_workers, drop_last=True)
+        return train_loader(self, ds, self.batch_size, self.seed, shuffle=self.sampling == "packed", drop_last=True,
+                            num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         ds: Dataset = PackedBlocks(self.val_tokens, self.block_size)

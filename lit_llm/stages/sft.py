@@ -69,9 +69,19 @@ class SFTModule(StageModule):
         return causal_lm_loss(logits, labels), (labels != IGNORE_INDEX).sum()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.forward_loss(batch)
+        loss, n_targets = self.forward_loss(batch)
         self.log("train/loss", loss, prog_bar=True)
-        return loss
+        return loss * self.rank_weight(n_targets)
+
+    def rank_weight(self, n_targets: torch.Tensor) -> torch.Tensor | float:
+        """Scale of this rank's token-mean loss so that DDP's mean of rank gradients is the mean over every rank's
+        target tokens (n_r·W/N): without it ranks with few target tokens would count as much as ranks with many,
+        and W processes would not train like one at the same global batch."""
+        world = self.trainer.world_size
+        if world == 1:
+            return 1.0
+        total = self.trainer.strategy.reduce(n_targets.float(), reduce_op="sum")
+        return n_targets * world / total.clamp(min=1.0)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, n_targets = self.forward_loss(batch)
