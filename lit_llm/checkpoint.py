@@ -19,6 +19,7 @@ from lit_llm.tokenizer import Tokenizer
 
 META_KEY = "lit_llm"
 FORMAT_VERSION = 1
+SHARDED_META_FILE = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
 
 
 @dataclass
@@ -44,9 +45,32 @@ def checkpoint_meta(stage: str, config: ModelConfig, tokenizer: Tokenizer, run_i
     }
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A directory that FSDP wrote with `state_dict_type: sharded`: torch.distributed.checkpoint shards + meta.pt."""
+    return path.is_dir() and (path / SHARDED_META_FILE).is_file()
+
+
+def read_sharded_checkpoint(path: Path) -> dict:
+    """Consolidate an FSDP sharded checkpoint directory into the usual checkpoint dict, in memory.
+
+    Uses Lightning's own reader (what `python -m lightning.pytorch.utilities.consolidate_checkpoint` runs).
+    Note torch.distributed.checkpoint stores the shard index (`.metadata`) as a pickle: read sharded directories
+    of your own runs only, and share weights as `lit-llm export` directories (safetensors).
+    """
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+
+    return _format_checkpoint(_load_distributed_checkpoint(path))
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file safely (`weights_only=True`) with errors that name the file."""
+    """Load a checkpoint file safely (`weights_only=True`), or an FSDP sharded directory, with errors that name it."""
     path = Path(path)
+    if is_sharded_checkpoint(path):
+        try:
+            return read_sharded_checkpoint(path)
+        except Exception as err:
+            raise ValueError(f"cannot read sharded checkpoint {path}: {err}") from err
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -72,11 +96,12 @@ def load_backbone(source: str | Path, prefix: str = "model.") -> LoadedModel:
     """Load a backbone and its tokenizer from a lit_llm checkpoint file or a Hugging Face Llama directory.
 
     Args:
-        source: A `.ckpt` file written by any stage, or a directory with config.json + model.safetensors.
+        source: A `.ckpt` written by any stage (a file, or the directory FSDP writes with sharded checkpoints), or
+            a Hugging Face directory with config.json + model.safetensors.
         prefix: Where the backbone lives in the stage module's state dict.
     """
     source = Path(source)
-    if source.is_dir():
+    if source.is_dir() and not is_sharded_checkpoint(source):
         from lit_llm.hf import load_hf
 
         model, tokenizer = load_hf(source)
