@@ -196,3 +196,29 @@ class PredictionWriter(BasePredictionWriter):
                 for row in batch:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
         print(f"wrote {sum(len(b) for b in predictions)} predictions to {path}")
+
+
+class Compile(pl.Callback):
+    """Compiles every decoder block of the trained model(s) with `torch.compile` when fitting starts.
+
+    Per-block compilation (as torchtune does it) keeps graphs small and compile time short, and works under DDP and
+    FSDP (one FSDP unit per block). `nn.Module.compile` compiles in place, so parameter names and checkpoints are the
+    same as without it. Generation runs the blocks eagerly (see `generation.generate`); frozen reference and
+    reward models are not compiled. Add it with `--trainer.callbacks+=lit_llm.callbacks.Compile`.
+
+    Args:
+        backend: torch.compile backend: "inductor" (generates kernels; needs a C++ compiler on CPU) or "aot_eager"
+            (traces without code generation; for checking that the model compiles).
+        mode: Inductor mode: None (default), "reduce-overhead" (CUDA graphs) or "max-autotune".
+        dynamic: Compile for dynamic shapes from the start; None does so after the first shape change.
+    """
+
+    def __init__(self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = None) -> None:
+        self.backend, self.mode, self.dynamic = backend, mode, dynamic
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        from lit_llm.model import Block
+
+        for module in pl_module.modules():
+            if isinstance(module, Block):
+                module.compile(backend=self.backend, mode=self.mode, dynamic=self.dynamic)

@@ -129,11 +129,14 @@ def generate(
     """
     was_training = model.training
     model.eval()
+    # Decoding changes the sequence length every step: blocks compiled for training (callbacks.Compile) would
+    # recompile for each length, so generation runs them eagerly.
     try:
-        return _generate(
-            model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, generator,
-            use_cache,
-        )  # fmt: skip
+        with torch.compiler.set_stance("force_eager"):
+            return _generate(
+                model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, generator,
+                use_cache,
+            )  # fmt: skip
     finally:
         model.train(was_training)
 
