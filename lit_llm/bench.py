@@ -481,7 +481,7 @@ def machine_lines(result: dict[str, Any]) -> list[str]:
     if m.get("gpu"):
         where = f"{m['gpu']} (CUDA {m['cuda']}) beside {where}"
     return [f"- Machine: {where}; {m['os']}; Python {m['python']}, torch {m['torch']}, "
-            f"{m['torch_threads']} torch threads; git {m['git_sha'][:10]}.",
+            f"torch threads {m['torch_threads']}; git {m['git_sha'][:10]}.",
             f"- Device {s['device']}, dtype {s['dtype']} (training precision {PRECISIONS[s['dtype']]}); "
             f"started {result['started_utc']}, {result['seconds']:.0f} s in all.",
             f"- 1-minute load average {result['load_avg_start'][0]:.2f} at start, {result['load_avg_end'][0]:.2f} "
