@@ -1,0 +1,182 @@
+"""Side by side with nanoGPT on tiny Shakespeare: training tokens/s (A/B interleaved) and val loss at equal steps.
+
+Both train nanoGPT's CPU "baby GPT" setup (configs/pretrain/shakespeare.yaml: 4 layers, 4 heads, 128 dims, context
+64, batch 12, lr 1e-3 → 1e-4 cosine, 100 warm-up steps, β2 0.99, weight decay 0.1, clip 1.0, no dropout, no biases)
+on the SAME token ids: our byte tokenizer's train/val streams are written in nanoGPT's format (train.bin, val.bin,
+meta.pkl) into its data/ folder, so vocabulary (264), split (last 10% of the text is validation) and tokens match.
+Architectures differ as the projects do: ours Llama-style (RMSNorm, RoPE, SwiGLU with d_ff 341 to match the parameter count, tied embeddings),
+nanoGPT GPT-2-style (LayerNorm, learned positions, GELU MLP 512, tied embeddings).
+
+nanoGPT is an external checkout run beside ours, never committed:
+    git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT
+    python benchmarks/nanogpt_side_by_side.py --nanogpt /tmp/nanoGPT --data ../shared/data/tinyshakespeare.txt \
+        --speed-steps 300 --rounds 3 --loss-steps 2000 --out /tmp/nanogpt_side_by_side.json
+
+Speed: `--rounds` × (nanoGPT run, our run) of `--speed-steps` steps each, alternating, without validation; each
+run's tokens/s is batch × context ÷ median step time (nanoGPT: its printed per-iteration time; ours: the wall time
+between consecutive ends of training batches; both include fetching the batch, forward, backward and the AdamW
+step). Loss: one run each of `--loss-steps` steps with evaluation every 250 steps (nanoGPT: its estimate over
+`--eval-iters` random val batches; ours: the whole val split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from mlflow import MlflowClient
+
+from lit_llm.cli import LitLLMCLI
+from lit_llm.data.text import TextDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "pretrain" / "shakespeare.yaml"
+SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12)
+TOKENS_PER_STEP = SHAPE["block_size"] * SHAPE["batch_size"]
+# SwiGLU width at which our parameter count matches nanoGPT's GELU MLP (3·128·341 ≈ 2·128·512): 820,864 against
+# its 829,568 (which includes 64×128 learned positions), so both do the same matmul FLOPs per token.
+D_FF = 341
+
+
+class StepTimes(pl.Callback):
+    """Wall time between consecutive ends of training batches (data fetch + forward + backward + step)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last: float | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.times.append(now - self._last)
+        self._last = now
+
+
+def write_nanogpt_dataset(data: str, nanogpt: Path) -> str:
+    """Our byte tokenizer's train/val token streams as nanoGPT's data/<name>/{train,val}.bin + meta.pkl."""
+    dm = TextDataModule(source=data, tokenizer="byte", block_size=SHAPE["block_size"], val_fraction=0.1,
+                        cache_dir=str(REPO / "data" / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    name = "lit_llm_shakespeare_bytes"
+    folder = nanogpt / "data" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    np.asarray(dm.train_tokens, dtype=np.uint16).tofile(folder / "train.bin")
+    np.asarray(dm.val_tokens, dtype=np.uint16).tofile(folder / "val.bin")
+    with open(folder / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": dm.tokenizer.vocab_size}, f)
+    print(f"nanoGPT dataset {folder}: {len(dm.train_tokens):,} train / {len(dm.val_tokens):,} val tokens, "
+          f"vocab {dm.tokenizer.vocab_size}")
+    return name
+
+
+def run_nanogpt(nanogpt: Path, dataset: str, steps: int, eval_interval: int, eval_iters: int) -> dict:
+    """One nanoGPT training run (CPU, no compile); per-iteration times and its val-loss estimates."""
+    args = [f"--{k}={v}" for k, v in SHAPE.items()] + [
+        f"--dataset={dataset}", "--device=cpu", "--compile=False", "--dropout=0.0", "--bias=False",
+        f"--max_iters={steps}", f"--lr_decay_iters={steps}", f"--eval_interval={eval_interval}",
+        f"--eval_iters={eval_iters}", "--log_interval=1", "--out_dir=/tmp/nanogpt_out", "--dtype=float32"]
+    proc = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *args], cwd=nanogpt,
+                          capture_output=True, text=True, check=True)
+    out = proc.stdout
+    times = [float(t) / 1000 for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)][1:]
+    val = {int(s): float(v) for s, v in re.findall(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)", out, re.M)}
+    params = float(re.search(r"number of parameters: ([\d.]+)M", out).group(1)) * 1e6
+    return {"step_times": times, "val_loss": val, "params": params}
+
+
+def train_ours(data: str, root: Path, steps: int, validate: bool) -> dict:
+    """One PretrainLM run of configs/pretrain/shakespeare.yaml in this process; step times and val-loss history."""
+    args = ["--config", str(CONFIG), f"--data.init_args.source={data}", f"--trainer.max_steps={steps}",
+            f"--model.init_args.backbone.d_ff={D_FF}",
+            f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", "--trainer.logger.init_args.experiment_name=nanogpt-side-by-side",
+            f"--data.init_args.cache_dir={REPO / 'data' / 'cache'}"]
+    if not validate:
+        args.append("--trainer.limit_val_batches=0")
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    cli = LitLLMCLI(args=args, run=False)
+    timer = StepTimes()
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    run_id = cli.trainer.logger.run_id
+    history = MlflowClient().get_metric_history(run_id, "val/loss")
+    return {"step_times": timer.times[1:], "val_loss": {m.step: m.value for m in history},
+            "params": cli.model.model.num_params(), "mlflow_run_id": run_id}
+
+
+def run_ours(data: str, root: Path, steps: int, validate: bool) -> dict:
+    """`train_ours` in a fresh Python process, as nanoGPT runs, so neither inherits the other's state."""
+    worker = [sys.executable, __file__, "--worker", str(root), "--data", data, "--speed-steps", str(steps)]
+    proc = subprocess.run(worker + (["--validate"] if validate else []), capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["val_loss"] = {int(k): v for k, v in result["val_loss"].items()}
+    return result
+
+
+def tokens_per_s(step_times: list[float]) -> float:
+    return TOKENS_PER_STEP / statistics.median(step_times)
+
+
+def speed_rounds(args: argparse.Namespace, dataset: str) -> list[dict]:
+    rows = []
+    for r in range(args.rounds):
+        nano = run_nanogpt(args.nanogpt, dataset, args.speed_steps, eval_interval=10**9, eval_iters=1)
+        ours = run_ours(args.data, Path(f"/tmp/nanogpt_sbs/ours-speed-{r}"), args.speed_steps, validate=False)
+        row = {"round": r, "nanogpt_tokens_per_s": tokens_per_s(nano["step_times"]),
+               "ours_tokens_per_s": tokens_per_s(ours["step_times"]), "load_avg": os.getloadavg()[0]}
+        row["ratio"] = row["ours_tokens_per_s"] / row["nanogpt_tokens_per_s"]
+        print(f"round {r}: nanoGPT {row['nanogpt_tokens_per_s']:.0f} tok/s, ours {row['ours_tokens_per_s']:.0f} "
+              f"tok/s, ratio {row['ratio']:.3f} (load {row['load_avg']:.2f})", flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout (its train.py); required")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    p.add_argument("--speed-steps", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--loss-steps", type=int, default=2000, help="0 skips the loss comparison")
+    p.add_argument("--eval-iters", type=int, default=200, help="nanoGPT's val batches per estimate")
+    p.add_argument("--nanogpt-commit", default="", help="the checkout's commit, recorded in the JSON")
+    p.add_argument("--out", default="nanogpt_side_by_side.json")
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: one of our runs, JSON on stdout
+    p.add_argument("--validate", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(train_ours(args.data, args.worker, args.speed_steps, args.validate)))
+        return
+    if args.nanogpt is None:
+        p.error("--nanogpt (a nanoGPT checkout) is required")
+    result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "nanogpt_commit": args.nanogpt_commit,
+              "load_avg_start": os.getloadavg()}
+    dataset = write_nanogpt_dataset(args.data, args.nanogpt)
+    result["speed"] = speed_rounds(args, dataset)
+    if args.loss_steps:
+        result["loss"] = {"nanogpt": run_nanogpt(args.nanogpt, dataset, args.loss_steps, 250, args.eval_iters),
+                          "ours": run_ours(args.data, Path("/tmp/nanogpt_sbs/ours-loss"), args.loss_steps, True)}
+        for name in ("nanogpt", "ours"):
+            print(name, "val loss", result["loss"][name]["val_loss"])
+    result["load_avg_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
