@@ -1,0 +1,95 @@
+"""Our KV-cache generation against `transformers`' `generate` on the same exported weights, A/B interleaved.
+
+A random-init backbone (default ~12M parameters, the `small` size of `lit-llm bench`) is exported with
+`lit_llm.hf.export_hf` and loaded by `transformers.LlamaForCausalLM`. Both decode greedily from the same random
+prompts, with no eos, so every row generates exactly --new-tokens tokens, and the test asserts they choose the same
+tokens. tokens/s = batch × new tokens ÷ wall time of the whole call (prefill included); --rounds alternating
+(ours, theirs) pairs after one untimed warm-up each; the ratio is the median over rounds.
+
+    python benchmarks/generation_vs_transformers.py --threads 1 --out /tmp/gen_vs_hf.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+from transformers import LlamaForCausalLM
+
+from lit_llm.generation import generate
+from lit_llm.hf import export_hf
+from lit_llm.model import ModelConfig, Transformer
+
+
+def ours(model: Transformer, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    out = generate(model, prompts, torch.ones_like(prompts), new_tokens, temperature=0.0)
+    return out.response
+
+
+def theirs(model: LlamaForCausalLM, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, use_cache=True, eos_token_id=None,
+                         pad_token_id=0)
+    return out[:, prompts.shape[1]:]
+
+
+def timed(fn, *args) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    tokens = fn(*args)
+    return time.perf_counter() - start, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="generation_vs_transformers.json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=4096, n_layer=6, n_head=6, d_model=384, max_seq_len=512)
+    model = Transformer(config).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        export_hf(model, None, folder)
+        hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa").eval()
+    result = {"command": "python " + " ".join(os.sys.argv), "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "params": model.num_params(),
+              "load_avg_start": os.getloadavg(), "rows": []}
+    import transformers
+
+    result["transformers"] = transformers.__version__
+    for batch in args.batch_sizes:
+        prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len))
+        ours(model, prompts, 4), theirs(hf, prompts, 4)  # warm-up
+        rounds = []
+        for _ in range(args.rounds):
+            (t_ours, a), (t_hf, b) = timed(ours, model, prompts, args.new_tokens), timed(theirs, hf, prompts,
+                                                                                       args.new_tokens)
+            assert torch.equal(a, b), "greedy tokens differ between lit_llm and transformers"
+            rounds.append({"ours_s": t_ours, "transformers_s": t_hf, "ratio": t_hf / t_ours})
+        tokens = batch * args.new_tokens
+        row = {"batch": batch, "rounds": rounds, "ratio_median": statistics.median(r["ratio"] for r in rounds),
+               "ours_tokens_per_s": tokens / statistics.median(r["ours_s"] for r in rounds),
+               "transformers_tokens_per_s": tokens / statistics.median(r["transformers_s"] for r in rounds)}
+        print(f"batch {batch}: ours {row['ours_tokens_per_s']:.1f} tok/s, transformers "
+              f"{row['transformers_tokens_per_s']:.1f} tok/s, ours/theirs speed {row['ratio_median']:.2f}x "
+              f"(same tokens)", flush=True)
+        result["rows"].append(row)
+    result["load_avg_end"] = os.getloadavg()
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
