@@ -127,6 +127,46 @@ def run_ours(data: str, root: Path, steps: int, validate: bool) -> dict:
     return result
 
 
+def model_step_seconds(model: torch.nn.Module, loss_of, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Median seconds of forward + loss + backward + clip + AdamW over the batches (the first 5 are warm-up)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    times = []
+    for x, y in batches:
+        start = time.perf_counter()
+        loss = loss_of(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[5:])
+
+
+def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60) -> list[dict]:
+    """The two models alone in one plain PyTorch loop on identical random batches, alternating: separates the
+    models' own speed from the training frameworks around them."""
+    import torch.nn.functional as F
+
+    from lit_llm.model import ModelConfig, Transformer
+
+    sys.path.insert(0, str(nanogpt))
+    from model import GPT, GPTConfig  # nanoGPT's model.py
+
+    V, B, T = 264, SHAPE["batch_size"], SHAPE["block_size"]
+    nano = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False))
+    ours = Transformer(ModelConfig(vocab_size=V, n_layer=4, n_head=4, d_model=128, max_seq_len=T, d_ff=D_FF))
+    rows = []
+    for r in range(rounds):
+        batches = [(torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))) for _ in range(steps)]
+        t_nano = model_step_seconds(nano, lambda m, x, y: m(x, y)[1], batches)
+        t_ours = model_step_seconds(ours, lambda m, x, y: F.cross_entropy(m(x).flatten(0, 1), y.flatten()), batches)
+        rows.append({"round": r, "nanogpt_tokens_per_s": TOKENS_PER_STEP / t_nano,
+                     "ours_tokens_per_s": TOKENS_PER_STEP / t_ours, "ratio": t_nano / t_ours,
+                     "load_avg": os.getloadavg()[0]})
+        print(f"model-only round {r}: ratio {rows[-1]['ratio']:.3f}", flush=True)
+    return rows
+
+
 def tokens_per_s(step_times: list[float]) -> float:
     return TOKENS_PER_STEP / statistics.median(step_times)
 
@@ -152,6 +192,8 @@ def main() -> None:
     p.add_argument("--speed-steps", type=int, default=300)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--loss-steps", type=int, default=2000, help="0 skips the loss comparison")
+    p.add_argument("--model-only-rounds", type=int, default=0,
+                   help="also time the two models alone in one plain PyTorch loop (imports the checkout's model.py)")
     p.add_argument("--eval-iters", type=int, default=200, help="nanoGPT's val batches per estimate")
     p.add_argument("--nanogpt-commit", default="", help="the checkout's commit, recorded in the JSON")
     p.add_argument("--out", default="nanogpt_side_by_side.json")
@@ -166,6 +208,8 @@ def main() -> None:
     result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "nanogpt_commit": args.nanogpt_commit,
               "load_avg_start": os.getloadavg()}
+    if args.model_only_rounds:
+        result["model_only"] = model_only_rounds(args.nanogpt, args.model_only_rounds)
     dataset = write_nanogpt_dataset(args.data, args.nanogpt)
     result["speed"] = speed_rounds(args, dataset)
     if args.loss_steps:

@@ -1,0 +1,113 @@
+"""Write reports/side_by_side.md from the JSON files of the side-by-side benchmarks (never typed by hand).
+
+    python benchmarks/render_side_by_side.py --speed /tmp/sbs/speed7.json --model-only /tmp/sbs/model_only.json \
+        --loss /tmp/sbs/loss.json \
+        --generation /tmp/sbs/gen_vs_hf.json --out reports/side_by_side.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def load(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def load_line(result: dict) -> str:
+    start, end = result["load_avg_start"][0], result["load_avg_end"][0]
+    return f"1-minute load average {start:.2f} at the start, {end:.2f} at the end (2 cores)"
+
+
+def speed_section(result: dict) -> list[str]:
+    rows = result["speed"]
+    ratios = [r["ratio"] for r in rows]
+    lines = ["## Training speed: nanoGPT vs PretrainLM (A/B interleaved)", "",
+             f"    python {result['command']}", "",
+             f"nanoGPT commit `{result['nanogpt_commit'][:12]}`; torch {result['torch']}, {result['threads']} threads; "
+             f"{load_line(result)}.", "",
+             "| round | nanoGPT tokens/s | lit_llm tokens/s | lit_llm / nanoGPT | load |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['round']} | {r['nanogpt_tokens_per_s']:,.0f} | {r['ours_tokens_per_s']:,.0f} | "
+                     f"{r['ratio']:.3f} | {r['load_avg']:.2f} |")
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    lines += ["", f"**Median ratio lit_llm / nanoGPT: {statistics.median(ratios):.3f}** (quartiles {q[0]:.3f} – "
+              f"{q[2]:.3f}, {len(ratios)} rounds); medians of the per-round tokens/s: nanoGPT "
+              f"{statistics.median(r['nanogpt_tokens_per_s'] for r in rows):,.0f}, lit_llm "
+              f"{statistics.median(r['ours_tokens_per_s'] for r in rows):,.0f}.", ""]
+    return lines
+
+
+def model_only_section(result: dict) -> list[str]:
+    rows = result["model_only"]
+    ratios = [r["ratio"] for r in rows]
+    lines = ["### The models alone (same plain PyTorch loop, same batches)", "", f"    python {result['command']}", "",
+             "Forward, loss, backward, clipping and AdamW in one loop written the same way for both, on identical "
+             f"random batches, alternating; {load_line(result)}.", "",
+             "| round | nanoGPT GPT tokens/s | lit_llm Transformer tokens/s | lit_llm / nanoGPT |", "|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['round']} | {r['nanogpt_tokens_per_s']:,.0f} | {r['ours_tokens_per_s']:,.0f} | "
+                     f"{r['ratio']:.3f} |")
+    return lines + ["", f"**Median ratio of the models alone: {statistics.median(ratios):.3f}** "
+                        f"({len(ratios)} rounds).", ""]
+
+
+def loss_section(result: dict) -> list[str]:
+    nano, ours = result["loss"]["nanogpt"], result["loss"]["ours"]
+    steps = sorted(set(nano["val_loss"]) | set(int(s) for s in ours["val_loss"]))
+    ours_loss = {int(k): v for k, v in ours["val_loss"].items()}
+    nano_loss = {int(k): v for k, v in nano["val_loss"].items()}
+    lines = ["## Validation loss at equal steps", "", f"    python {result['command']}", "",
+             f"Parameters: nanoGPT {nano['params'] / 1e6:.3f}M (its count, without the position table), lit_llm "
+             f"{ours['params']:,} (MLflow run `{ours['mlflow_run_id']}`); {load_line(result)}.", "",
+             "| step | nanoGPT val loss (estimate, random val batches) | lit_llm val loss (whole val split) |",
+             "|---:|---:|---:|"]
+    for s in steps:
+        a = f"{nano_loss[s]:.4f}" if s in nano_loss else "–"
+        b = f"{ours_loss[s]:.4f}" if s in ours_loss else "–"
+        lines.append(f"| {s} | {a} | {b} |")
+    return lines + [""]
+
+
+def generation_section(result: dict) -> list[str]:
+    lines = ["## Generation: lit_llm's KV cache vs transformers' generate (same exported weights)", "",
+             f"    {result['command']}", "",
+             f"{result['params']:,}-parameter random backbone exported with `lit-llm export`'s code and loaded by "
+             f"transformers {result['transformers']} (`LlamaForCausalLM`, SDPA attention); greedy, no eos; both "
+             f"produced the same tokens in every round; torch {result['torch']}, {result['threads']} thread(s); "
+             f"{load_line(result)}.", "",
+             "| batch | lit_llm tokens/s | transformers tokens/s | lit_llm speed ÷ transformers (median of rounds) |",
+             "|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['batch']} | {r['ours_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} | "
+                     f"{r['ratio_median']:.2f}x |")
+    return lines + [""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--speed", required=True)
+    p.add_argument("--model-only", required=True, help="JSON of a --model-only-rounds run")
+    p.add_argument("--loss", required=True)
+    p.add_argument("--generation", required=True)
+    p.add_argument("--notes", default=None, help="a markdown file appended as the report's discussion")
+    p.add_argument("--out", default="reports/side_by_side.md")
+    args = p.parse_args()
+    lines = ["# Side by side with peers, on the same machine", "",
+             "Written by `benchmarks/render_side_by_side.py` from the benchmarks' JSON output; the commands are "
+             "below each table. Machine: 2-core AMD EPYC virtual machine, CPU only.", ""]
+    lines += speed_section(load(args.speed)) + model_only_section(load(args.model_only))
+    lines += loss_section(load(args.loss))
+    lines += generation_section(load(args.generation))
+    if args.notes:
+        lines += [Path(args.notes).read_text()]
+    Path(args.out).write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
