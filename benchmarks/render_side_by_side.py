@@ -58,8 +58,8 @@ def model_only_section(result: dict) -> list[str]:
 
 def loss_section(result: dict) -> list[str]:
     nano, ours = result["loss"]["nanogpt"], result["loss"]["ours"]
-    steps = sorted(set(nano["val_loss"]) | set(int(s) for s in ours["val_loss"]))
-    ours_loss = {int(k): v for k, v in ours["val_loss"].items()}
+    steps = sorted(set(int(s) for s in nano["val_loss"]) | set(int(s) + 1 for s in ours["val_loss"]))
+    ours_loss = {int(k) + 1: v for k, v in ours["val_loss"].items()}  # MLflow step 249 = after 250 updates
     nano_loss = {int(k): v for k, v in nano["val_loss"].items()}
     lines = ["## Validation loss at equal steps", "", f"    python {result['command']}", "",
              f"Parameters: nanoGPT {nano['params'] / 1e6:.3f}M (its count, without the position table), lit_llm "
