@@ -16,10 +16,12 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
 import torch
+import transformers
 from transformers import LlamaForCausalLM
 
 from lit_llm.generation import generate
@@ -62,12 +64,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         export_hf(model, None, folder)
         hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa").eval()
-    result = {"command": "python " + " ".join(os.sys.argv), "machine": platform.processor() or platform.machine(),
+    result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "params": model.num_params(),
-              "load_avg_start": os.getloadavg(), "rows": []}
-    import transformers
-
-    result["transformers"] = transformers.__version__
+              "transformers": transformers.__version__, "load_avg_start": os.getloadavg(), "rows": []}
     for batch in args.batch_sizes:
         prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len))
         ours(model, prompts, 4), theirs(hf, prompts, 4)  # warm-up

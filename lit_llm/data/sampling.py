@@ -56,5 +56,7 @@ def train_loader(datamodule: pl.LightningDataModule, dataset: Dataset, batch_siz
     generator = torch.Generator().manual_seed(seed)
     base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     world, rank = world_of(datamodule)
+    # The DataLoader keeps the same generator: it draws its worker base seed from it before the sampler's
+    # permutation, exactly as a plain `DataLoader(shuffle=True, generator=...)` does, so one process's order is kept.
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardedSampler(base, dataset, world, rank),
                       drop_last=drop_last, generator=generator, collate_fn=collate_fn, num_workers=num_workers)
