@@ -1,7 +1,12 @@
-"""Shared fixtures: one MLflow database per test session, a shared token cache, and one tiny pretraining run
-that the CLI, generate and export tests reuse."""
+"""Shared fixtures: one MLflow database per test session, a shared token cache, one tiny pretraining run
+that the CLI, generate and export tests reuse, and a real `mlflow server` that tests can stop and restart."""
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -70,3 +75,69 @@ def reward_ckpt(tiny_pretrain: Path, tmp_path_factory: pytest.TempPathFactory) -
     path = tmp_path_factory.mktemp("reward") / "reward.ckpt"
     torch.save({"state_dict": state, "lit_llm": meta}, path)
     return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {url} did not come up in {timeout} s")
+
+
+def wait_until_down(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.2)
+        except OSError:
+            return
+    raise TimeoutError(f"port {port} still accepts connections {timeout} s after the server was stopped")
+
+
+class MlflowServer:
+    """A real `mlflow server` on a free loopback port with its sqlite store and artifacts under `root`; it can be
+    stopped and started again on the same port and store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.store = f"sqlite:///{root / 'server.db'}"
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        self.starts += 1
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", "1", "--backend-store-uri", self.store,
+                   "--artifacts-destination", str(self.root / "artifacts")]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # one process less to start
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            wait_until_up(self.url, self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.process = None
+        wait_until_down(self.port)
