@@ -7,7 +7,8 @@ Deliberate simplifications:
 - Only Llama-compatible configs are accepted (no biases, SiLU, no sliding window, head_dim = hidden/heads, RoPE
   scaling none/linear/dynamic). Anything else raises ``ValueError`` naming the offending field.
 - Weights are always exported as float32 (``torch_dtype`` float32 in config.json); import casts to float32.
-- The tokenizer is optional on both sides (saved / loaded through ``lit_llm.tokenizer.Tokenizer``).
+- The tokenizer is optional on both sides (saved / loaded through ``lit_llm.tokenizer.Tokenizer``). A loaded
+  tokenizer with more ids than the embedding has rows is refused, naming the ids (and tokens) without a row.
 """
 
 from __future__ import annotations
@@ -261,4 +262,14 @@ def load_hf(directory: str | Path) -> tuple[Transformer, Tokenizer | None]:
         from lit_llm.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.from_file(directory / "tokenizer.json")
+        _check_vocab(tokenizer, config, directory)
     return model, tokenizer
+
+
+def _check_vocab(tokenizer: Tokenizer, config: ModelConfig, directory: Path) -> None:
+    """Every token id needs an embedding row (an embedding padded past the tokenizer's ids is fine)."""
+    if tokenizer.vocab_size > config.vocab_size:
+        extra = [tokenizer.backend.id_to_token(i) for i in range(config.vocab_size, tokenizer.vocab_size)]
+        raise ValueError(f"{directory}: tokenizer.json has {tokenizer.vocab_size} tokens but config.json's vocab_size "
+                         f"is {config.vocab_size}: ids {config.vocab_size}..{tokenizer.vocab_size - 1} "
+                         f"({', '.join(map(repr, extra[:4]))}{' ...' if len(extra) > 4 else ''}) have no embedding")

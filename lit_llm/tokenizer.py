@@ -15,7 +15,8 @@ Vocabularies:
       are found by name: ``tokenizer_config.json`` (``bos_token``, ``eos_token``, ``pad_token``, ``mask_token``)
       first, then our ``SPECIAL_TOKENS`` names, then common names (``<s>``, ``</s>``, ``<|endoftext|>``,
       ``<|eot_id|>`` ...). An id property is ``None`` when its token is absent, except ``pad_id``, which falls
-      back to ``eos_id`` (padded positions are masked, so any real id works).
+      back to ``eos_id`` (padded positions are masked, so any real id works). A token that the config names
+      but the vocabulary lacks is an error, not a fallback.
 
 Default chat template (used by every stage unless a checkpoint ships its own)::
 
@@ -25,7 +26,10 @@ i.e. ``bos`` then, per message, ``<|{role}|>\\n{content}<|end|>\\n``; the genera
 ``<|assistant|>\\n``. ``DEFAULT_CHAT_TEMPLATE`` is the same template as a Jinja string; ``save`` writes it to
 ``tokenizer_config.json`` so ``transformers``' ``apply_chat_template`` renders the same text. The assistant mask
 is True on the assistant's content tokens and its closing ``<|end|>``; False on ``bos``, role headers, the
-newline separators and the other turns. A checkpoint's own Jinja ``chat_template`` wins when present.
+newline separators and the other turns. A checkpoint's own Jinja ``chat_template`` wins when present; a tokenizer
+with neither its own template nor the default template's markers as tokens cannot render chats (``check_chat``
+raises, naming the missing tokens). ``difference`` names how two tokenizers disagree (a special token or id, the
+vocabulary, the template), for the checks that a model is never paired with another tokenizer.
 
 Deliberate simplifications:
     * Special tokens are split out of text, as Hugging Face ``tokenizers`` (and ``transformers``) do: plain
@@ -291,6 +295,10 @@ class Tokenizer:
         backend = tokenizers.Tokenizer.from_file(str(file))
         config_file = file.parent / "tokenizer_config.json"
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        for key in _CONFIG_KEYS.values():  # silently resolving another token would change what eos etc. mean
+            token = _token_content(config.get(key))
+            if token is not None and backend.token_to_id(token) is None:
+                raise ValueError(f"{config_file}: {key} {token!r} is not a token of {file}")
         return cls(backend, _resolve_special_tokens(backend, config), _read_chat_template(file.parent, config))
 
     @classmethod
@@ -436,14 +444,45 @@ class Tokenizer:
             ``(ids, mask)`` of equal length; mask is True on the assistant's content tokens and the token(s)
             closing its turn, False on bos, role headers, separators and other turns.
         """
-        if self.chat_template is None and self._has_default_markers():
+        if self.chat_template is None:
+            self.check_chat()
             return self._render_default(messages, add_generation_prompt)
         return self._render_jinja(messages, add_generation_prompt)
 
-    def _has_default_markers(self) -> bool:
-        """Whether the vocabulary has the role and end markers the default template uses."""
+    def check_chat(self) -> None:
+        """Raise unless chats can be rendered: the tokenizer has its own template, or the default template's
+        role and end-of-turn markers as tokens. (Rendered as plain text instead, the markers would be several
+        ordinary tokens each, and generation would not stop at the end of a turn.)"""
         markers = [SPECIAL_TOKENS[role] for role in (*CHAT_ROLES, "end_of_turn")]
-        return all(self.backend.token_to_id(marker) is not None for marker in markers)
+        missing = [m for m in markers if self.backend.token_to_id(m) is None]
+        if self.chat_template is None and missing:
+            raise ValueError(f"no chat template, and the default template's special tokens {', '.join(missing)} "
+                             "are not in the vocabulary; use a tokenizer that has them (Tokenizer.train and "
+                             "Tokenizer.byte_level add them) or one whose tokenizer_config.json has a chat_template")
+
+    def difference(self, other: Tokenizer) -> str | None:
+        """How `other` would give token ids another meaning, or None when both tokenize alike: the first
+        mismatching special token or id, the vocabulary size, the first id naming another token, the chat
+        template, or the rest of the pipeline (merges, normalizer, pre-tokenizer).
+
+        Args:
+            other: The tokenizer to compare with (e.g. the one a checkpoint carries).
+        """
+        for role in _ID_ROLES:
+            mine, theirs = (self._special[role], self._id(role)), (other._special[role], other._id(role))
+            if mine != theirs:
+                return f"{role} token {mine[0]!r} (id {mine[1]}) here, {theirs[0]!r} (id {theirs[1]}) there"
+        if self.vocab_size != other.vocab_size:
+            return f"vocab_size {self.vocab_size} here, {other.vocab_size} there"
+        for i in range(self.vocab_size):
+            mine_token, their_token = self.backend.id_to_token(i), other.backend.id_to_token(i)
+            if mine_token != their_token:
+                return f"id {i} is {mine_token!r} here, {their_token!r} there"
+        if self.chat_template != other.chat_template:
+            return "the chat templates differ"
+        if self.backend.to_str() != other.backend.to_str():
+            return "same vocabulary, but the merges, normalizer or pre-tokenizer differ"
+        return None
 
     def _render_default(self, messages: list[dict], add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
         """Default template, segment by segment so every token's mask value is exact."""

@@ -485,10 +485,11 @@ def clean_corpus(ds: datasets.Dataset, skips: list[list[str]], cfg: CleaningConf
             removed[empty & applies] = k
         else:
             idx = np.flatnonzero((removed < 0) & applies)
-            drop, why = _step_verdict(step, ds.select(idx), cfg, procs, progress)
-            removed[idx[drop]] = k
-            if why:
-                reasons[step] = dict(sorted(why.items()))
+            if len(idx):  # nothing left to judge (an empty `map` has no output columns to read)
+                drop, why = _step_verdict(step, ds.select(idx), cfg, procs, progress)
+                removed[idx[drop]] = k
+                if why:
+                    reasons[step] = dict(sorted(why.items()))
         seconds[step] = time.perf_counter() - start
     chars = np.array([len(t) for t in ds["text"]], dtype=np.int64) if step_enabled(cfg, "normalize") else raw_chars
     return Cleaned(ds, removed, raw_chars, chars, reasons, seconds)

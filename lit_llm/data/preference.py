@@ -39,6 +39,13 @@ bos), keeping the whole response and the token before it; a sequence whose respo
 "drop" drops over-long sequences. A prompt losing any of its sequences is dropped whole (a comparison needs both
 sides). Nothing is lost silently: `stats` counts truncated sequences and dropped prompts, and the module warns.
 
+Bad records (a missing field, an empty prompt, a malformed message list, a non-numeric score or margin): by
+default a `RecordError` (a `ValueError`) naming the file and line of the record (`file.jsonl:3`; the 0-based
+record for parquet and hub data), the field and, when it is missing, the fields the record has; with
+`skip_invalid` the record is skipped and counted. An empty response string is valid data (it can be judged, e.g.
+a model that said nothing) and is kept. A missing column, or a `fields` key that is no canonical name, raises at
+once; so does a split left without any comparison, naming the counts that emptied it.
+
 Default source: the built-in task world (`source: tasks`): `num_pairs` preference pairs (with `label_noise`) and
 `num_ranked` ranked lists of `ranked_k` responses from the train split; validation from the held-out val split,
 without label noise.
@@ -49,7 +56,7 @@ of the task world applies to pairs only; the whole dataset is tokenized in memor
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -61,13 +68,18 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from lit_llm.data.sources import (
+    FieldError,
+    RecordError,
+    RowNames,
+    check_field_names,
     holdout_split,
     load_source,
     model_tokenizer,
     require_fields,
     source_fingerprint,
+    split_loss,
 )
-from lit_llm.data.sampling import train_loader
+from lit_llm.data.sampling import TrainOrderState, train_loader
 from lit_llm.data.sft import right_pad
 from lit_llm.data.tasks import preference_pairs, ranked_lists
 from lit_llm.losses import IGNORE_INDEX
@@ -81,11 +93,8 @@ ROLES = ("system", "user", "assistant")
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 _TEXT_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
-class RecordError(ValueError):
-    """A record that cannot become a comparison; the message names the source, record and field."""
-
+FIELD_NAMES = ("prompt", "chosen", "rejected", "responses", "response", "score", "margin", "role", "content",
+               "system")  # what `fields` may rename
 
 @dataclass
 class Comparison:
@@ -175,12 +184,15 @@ class RecordReader:
         fields: Canonical name -> the data's name (only differing names need an entry).
         source: Name of the source, for error messages.
         system_prompt: System message for prompts that have none (and no `system` column value).
+        names: Names record i in error messages (`RowNames`: its file and line); default "source, record i".
     """
 
-    def __init__(self, fmt: str, fields: dict[str, str], source: str, system_prompt: str | None = None) -> None:
+    def __init__(self, fmt: str, fields: dict[str, str], source: str, system_prompt: str | None = None,
+                 names: Callable[[int], str] | None = None) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {fmt!r}")
         self.fmt, self.fields, self.source, self.system_prompt = fmt, fields, source, system_prompt
+        self.where = names or (lambda i: f"{source}, record {i}")
 
     def name(self, canonical: str) -> str:
         return self.fields.get(canonical, canonical)
@@ -189,7 +201,9 @@ class RecordReader:
         """A field's value; missing/None raises (an empty response string is allowed: it can be judged)."""
         value = record.get(self.name(canonical))
         if value is None:
-            raise RecordError(f"{where}: field {self.name(canonical)!r} is missing")
+            # `datasets` gives every row every column of the file (None where absent): list only the present ones
+            present = sorted(k for k, v in record.items() if v is not None)
+            raise FieldError(f"{where}: missing field {self.name(canonical)!r}; available fields: {present}")
         return value
 
     def messages(self, value: Any, role: str, where: str) -> list[dict]:
@@ -235,8 +249,8 @@ class RecordReader:
                         for r in responses]
 
     def read(self, record: dict, index: int) -> Comparison:
-        """The comparison of record `index` (0-based, for error messages)."""
-        where = f"{self.source}, record {index}"
+        """The comparison of record `index` (the source's 0-based row, for error messages)."""
+        where = self.where(index)
         prompt, responses = self.prompt_and_responses(record, where)
         if not prompt:
             raise RecordError(f"{where}: empty prompt")
@@ -266,8 +280,8 @@ def detect_format(columns: Sequence[str], fields: dict[str, str], source: str) -
     for fmt in ("ranked", "scored", "pairs", "implicit"):
         if all(fields.get(name, name) in columns for name in REQUIRED_COLUMNS[fmt]):
             return fmt
-    raise KeyError(f"{source}: cannot tell the preference format from the fields {list(columns)}; set "
-                   f"data.format (one of {FORMATS}) and map differing names with data.fields")
+    raise FieldError(f"{source}: cannot tell the preference format from the fields {list(columns)}; set "
+                     f"data.format (one of {FORMATS}) and map differing names with data.fields")
 
 
 # ------------------------------------------------------------------------------------------ tokenization
@@ -413,7 +427,7 @@ class Comparisons(Dataset):
 
 
 # --------------------------------------------------------------------------------------- data module
-class PreferenceDataModule(pl.LightningDataModule):
+class PreferenceDataModule(TrainOrderState, pl.LightningDataModule):
     """Preference data for the reward and DPO stages, tokenized with the model's tokenizer in `setup`.
 
     The tokenizer comes from the model being trained (`trainer.lightning_module.tokenizer`, loaded with its
@@ -471,6 +485,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         super().__init__()
         if truncation not in ("truncate", "drop"):
             raise ValueError(f"truncation must be 'truncate' or 'drop', got {truncation!r}")
+        check_field_names(fields or {}, FIELD_NAMES)
         self.source, self.format, self.fields = source, format, dict(fields or {})
         self.val_source, self.val_fraction = val_source, val_fraction
         self.hub_name, self.hub_split, self.system_prompt = hub_name, hub_split, system_prompt
@@ -504,44 +519,49 @@ class PreferenceDataModule(pl.LightningDataModule):
         ranked = ranked_lists(n_ranked, split, self.seed, self.ranked_k, max_digits=self.max_digits) if n_ranked else []
         return pairs + ranked
 
-    def _raw_records(self) -> dict[str, list[tuple[dict, RecordReader]]]:
-        """Train and validation records, each with the reader of its format."""
+    def _raw_records(self) -> dict[str, list[tuple[int, dict, RecordReader]]]:
+        """Train and validation records, each with its row in the source (for error messages) and the reader of
+        its format."""
         if self.is_task_world:
             out = {}
             for split in ("train", "val"):
                 pairs = RecordReader("pairs", {}, f"tasks/{split}", self.system_prompt)
                 ranked = RecordReader("ranked", {}, f"tasks/{split}", self.system_prompt)
-                out[split] = [(r, ranked if "responses" in r else pairs) for r in self.task_world_records(split)]
+                out[split] = [(i, r, ranked if "responses" in r else pairs)
+                              for i, r in enumerate(self.task_world_records(split))]
             return out
         ds = load_source(self.source, self.hub_split, self.hub_name)
         reader = self._reader(ds, self.source)
-        records = ds.to_list()
+        records = [(i, r, reader) for i, r in enumerate(ds.to_list())]
         if self.val_source is not None:
             val_ds = load_source(self.val_source, self.hub_split, self.hub_name)
             val_reader = self._reader(val_ds, self.val_source)
-            return {"train": [(r, reader) for r in records], "val": [(r, val_reader) for r in val_ds.to_list()]}
+            return {"train": records, "val": [(i, r, val_reader) for i, r in enumerate(val_ds.to_list())]}
         train, val = holdout_split(records, self.val_fraction, self.seed, self.source)
-        return {"train": [(r, reader) for r in train], "val": [(r, reader) for r in val]}
+        return {"train": train, "val": val}
 
     def _reader(self, ds: datasets.Dataset, source: str) -> RecordReader:
         """A reader for a loaded source, after checking that its format's required columns exist."""
         fmt = detect_format(ds.column_names, self.fields, source) if self.format == "auto" else self.format
-        reader = RecordReader(fmt, self.fields, source, self.system_prompt)
+        reader = RecordReader(fmt, self.fields, source, self.system_prompt, RowNames(source, len(ds)))
         require_fields(ds, [reader.name(name) for name in REQUIRED_COLUMNS[fmt]], source)
         return reader
 
-    def build(self, records: list[tuple[dict, RecordReader]], tokenizer: Tokenizer,
+    def build(self, records: list[tuple[int, dict, RecordReader]], tokenizer: Tokenizer,
               stats: PreferenceStats) -> list[EncodedComparison]:
-        """Records → comparisons → encoded comparisons under the length policy; `stats` counts what happened."""
+        """(row, record, reader) triples → comparisons → encoded comparisons under the length policy; `stats`
+        counts what happened."""
         items = []
-        for i, (record, reader) in enumerate(records):
+        for row, record, reader in records:
             stats.records += 1
             try:
-                item = encode_comparison(tokenizer, reader.read(record, i), self.max_length, self.truncation, stats)
+                item = encode_comparison(tokenizer, reader.read(record, row), self.max_length, self.truncation, stats)
             except RecordError as err:
+                where = reader.where(row)
+                if not str(err).startswith(where):  # errors of the shared-prefix split and of rendering
+                    err = RecordError(f"{where}: {err}")
                 if not self.skip_invalid:
-                    raise RecordError(str(err) if str(err).startswith(reader.source)
-                                      else f"{reader.source}, record {i}: {err}") from err
+                    raise err from None
                 stats.skipped_invalid += 1
                 stats.first_error = stats.first_error or str(err)
                 continue
@@ -558,8 +578,11 @@ class PreferenceDataModule(pl.LightningDataModule):
             stats = self.stats[split] = PreferenceStats()
             items = self.build(records, tokenizer, stats)
             if not items:
-                raise ValueError(f"{self.source}: no {split} comparison left (stats: {stats.to_dict()}; "
-                                 f"first error: {stats.first_error})")
+                hints = {"skipped_invalid": f"first: {stats.first_error}",
+                         "dropped_too_long": f"a sequence does not fit max_length={self.max_length}"}
+                losses = {k: getattr(stats, k) for k in hints}
+                source = self.val_source if split == "val" and self.val_source else self.source
+                raise split_loss(source, split, "comparison", stats.records, losses, hints)
             self.datasets[split] = Comparisons(items)
             lost = {k: v for k, v in stats.to_dict().items()
                     if k in ("skipped_invalid", "truncated", "dropped_too_long") and v}

@@ -11,7 +11,13 @@ Output folder (read directly by `TextDataModule(source=<out_dir>)`):
     config.yaml          the resolved config
     meta.json            written last (`PREPARED_MARKER`): dtype, tokens, documents, fingerprint, task_world
 Everything is written into a temporary sibling folder that is renamed into place at the end, so a killed run
-never leaves a folder that looks complete. A folder whose meta.json has the same fingerprint is reused.
+never leaves a folder that looks complete, and a failed run (bad input included) leaves an earlier output folder
+as it was. A folder whose meta.json has the same fingerprint is reused.
+
+Bad input: malformed JSON and bytes that are not UTF-8 stop the run naming the file and line (`sources`); a
+missing text field names the fields there are; empty documents are skipped and counted (`read.<source>
+.skipped_empty` in stats.json); a source that cleaning leaves with fewer than 2 documents stops the run, naming
+the steps that removed them. `lit-llm prepare` prints these as one line; unknown config keys name the nearest.
 
 Order of work (each cleaning step optional, per source skippable with `skip`): read → normalize → quality →
 language → blocklist → exact_dedup → near_dedup (cheap per-document filters first, so the global dedup passes
@@ -35,6 +41,7 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -46,7 +53,7 @@ import numpy as np
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lit_llm.data.cleaning import STEPS, CleaningConfig, clean_corpus
+from lit_llm.data.cleaning import STEPS, Cleaned, CleaningConfig, clean_corpus
 from lit_llm.data.mixing import mix_indices, split_train_val
 from lit_llm.data.prepare_report import (
     log_prepare, mix_stats, read_and_kept, run_tags, step_stats, summary, tracked_run,
@@ -242,38 +249,59 @@ def _split_texts(batch: dict, how: str) -> dict:
     return {"text": [part for text in batch["text"] for part in re.split(pattern, text) if part.strip()]}
 
 
-def read_source(src: SourceConfig, seed: int, num_proc: int = 1) -> datasets.Dataset:
-    """One source as a dataset with a single "text" column of non-empty documents."""
+def read_source(src: SourceConfig, seed: int, num_proc: int = 1) -> tuple[datasets.Dataset, int]:
+    """One source as a dataset with a single "text" column of non-empty documents, and how many rows were
+    skipped as empty or missing."""
     if src.path == TASKS_SOURCE:
         n = src.max_docs or TASK_DOCS_DEFAULT
-        return datasets.Dataset.from_dict({"text": pretrain_corpus(n, seed=seed, max_digits=src.max_digits).docs})
+        return datasets.Dataset.from_dict({"text": pretrain_corpus(n, seed=seed, max_digits=src.max_digits).docs}), 0
     ds = _load(src)
     require_fields(ds, [src.text_field], src.path)
     ds = ds.select_columns([src.text_field])
     if src.text_field != "text":
         ds = ds.rename_column(src.text_field, "text")
     procs = _procs(num_proc) if len(ds) >= num_proc else None  # a one-file .txt source is a single row
+    rows = len(ds)
     # keep_in_memory: no cache files beside the source's arrow cache, and no stale cache hits on later runs
     ds = ds.filter(lambda b: [isinstance(t, str) and bool(t.strip()) for t in b["text"]], batched=True,
                    num_proc=procs, keep_in_memory=True, desc=f"read {source_name(src)}")
+    skipped = rows - len(ds)
     if src.split_docs != "none":
         ds = ds.map(_split_texts, batched=True, fn_kwargs={"how": src.split_docs}, num_proc=procs,
                     keep_in_memory=True, desc=f"split {source_name(src)}")
     if src.max_docs is not None and len(ds) > src.max_docs:
         ds = ds.select(range(src.max_docs))
-    return ds
+    return ds, skipped
 
 
-def read_sources(cfg: PrepareConfig) -> datasets.Dataset:
-    """All sources in one dataset with columns "text" and "source" (index into cfg.sources)."""
-    parts = []
+def read_sources(cfg: PrepareConfig) -> tuple[datasets.Dataset, list[int]]:
+    """All sources in one dataset with columns "text" and "source" (index into cfg.sources), and per source the
+    rows skipped as empty."""
+    parts, skipped = [], []
     for i, src in enumerate(cfg.sources):
-        ds = read_source(src, cfg.seed, cfg.num_proc)
+        ds, empty = read_source(src, cfg.seed, cfg.num_proc)
         if len(ds) == 0:
-            raise ValueError(f"source {source_name(src)!r} ({src.path}) has no non-empty text")
+            raise ValueError(f"source {source_name(src)!r} ({src.path}) has no non-empty text in field "
+                             f"{src.text_field!r} ({empty} rows, all empty or missing)")
         parts.append(ds.add_column("source", [i] * len(ds)))
+        skipped.append(empty)
     # one in-memory table: every later `map` stays in memory too (see the module's simplifications)
-    return datasets.concatenate_datasets(parts).flatten_indices(keep_in_memory=True)
+    return datasets.concatenate_datasets(parts).flatten_indices(keep_in_memory=True), skipped
+
+
+def check_survivors(cleaned: Cleaned, cfg: PrepareConfig, names: list[str]) -> None:
+    """A clear error for a source that cleaning left with fewer than the 2 documents a train/val split needs,
+    naming the steps that removed its documents."""
+    source = np.asarray(cleaned.dataset["source"], dtype=np.int64)
+    for i, (src, name) in enumerate(zip(cfg.sources, names)):
+        removed_by = cleaned.removed_by[source == i]
+        left = int((removed_by < 0).sum())
+        if left < 2:
+            steps = dict(Counter(STEPS[k] for k in removed_by[removed_by >= 0].tolist()))
+            why = f" ({len(removed_by) - left} removed by {steps})" if steps else ""
+            raise ValueError(f"source {name!r} ({src.path}) has {left} document(s) left after cleaning{why}; a "
+                             "train/val split needs 2 or more: relax the cleaning steps, skip them for this source "
+                             "(`skip`), set split_docs or add data")
 
 
 def _procs(num_proc: int) -> int | None:
@@ -380,9 +408,10 @@ def build(cfg: PrepareConfig, names: list[str], fingerprint: str, folder: Path, 
     """Do the whole preparation into `folder` (meta.json last); returns (stats, meta)."""
     timer = Timer()
     with timer("read"):
-        ds = read_sources(cfg)
+        ds, skipped = read_sources(cfg)
     cleaned = clean_corpus(ds, [s.skip for s in cfg.sources], cfg.cleaning, cfg.num_proc, cfg.progress)
     timer.seconds.update(cleaned.seconds)
+    check_survivors(cleaned, cfg, names)
     ds, source = cleaned.dataset, np.asarray(cleaned.dataset["source"], dtype=np.int64)
     split = split_train_val(cleaned.kept, source, names, cfg.mix.val_fraction, cfg.seed)
     train_pools, val_pools = [t for t, _ in split], [v for _, v in split]
@@ -398,6 +427,8 @@ def build(cfg: PrepareConfig, names: list[str], fingerprint: str, folder: Path, 
     with timer("write"):
         counts = _write(folder, tokenizer, values, offsets, {"train": train, "val": val})
     read, kept = read_and_kept(cleaned, names, tokens)
+    for name, empty in zip(names, skipped):
+        read[name]["skipped_empty"] = empty
     steps = step_stats(cleaned, names, tokens, [s for s in STEPS if s in cleaned.seconds])
     dtype = token_dtype(tokenizer.vocab_size).name
     stats = {"fingerprint": fingerprint, "seed": cfg.seed, "read": read, "steps": steps, "kept": kept,
@@ -437,9 +468,11 @@ def prepare(cfg: PrepareConfig, config_text: str | None = None) -> Prepared:
         try:
             with _progress_bars(cfg.progress):
                 stats, meta = build(cfg, names, fingerprint, tmp, config_text, run[1] if run else None)
+            old = out.parent / f".{out.name}.old-{os.getpid()}"  # the earlier output stays whole until replaced
             if out.exists():
-                shutil.rmtree(out)
+                os.replace(out, old)
             os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if run:
@@ -450,10 +483,25 @@ def prepare(cfg: PrepareConfig, config_text: str | None = None) -> Prepared:
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
+class PrepareParser(ArgumentParser):
+    """jsonargparse's parser, whose errors about unknown config keys name the closest valid key first (as the
+    `lit-llm fit` parser's do)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        from lit_llm.cli import unknown_key_hints  # already loaded when `lit-llm prepare` runs
+
+        keys = [a.dest for a in self._actions if isinstance(getattr(a, "dest", None), str)]
+        keys += [k.split(".", i)[-1] for k in keys for i in range(1, k.count(".") + 1)]  # also without groups
+        hints = unknown_key_hints(message, lambda key: keys)
+        if hints:
+            message = "\n".join(hints) + "\n\ndetails:\n" + message
+        return super().error(message, ex)
+
+
 def build_parser() -> ArgumentParser:
     """The `lit-llm prepare` parser: `PrepareConfig`'s fields as options, loadable from a YAML `--config`."""
-    parser = ArgumentParser(prog="lit-llm prepare", description=PrepareConfig.__doc__.split("\n")[0],
-                            parser_mode="yaml")
+    parser = PrepareParser(prog="lit-llm prepare", description=PrepareConfig.__doc__.split("\n")[0],
+                           parser_mode="yaml")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config (e.g. configs/prepare/tiny.yaml)")
     parser.add_class_arguments(PrepareConfig, as_group=False)
     return parser
@@ -474,4 +522,7 @@ def prepare_command(argv: list[str]) -> None:
     try:
         prepare(cfg, text)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f"lit-llm prepare: {err.args[0] if err.args else err}")
+        # str() of a KeyError quotes its message; other errors' str() is the whole message (args[0] of a
+        # UnicodeDecodeError is only "utf-8")
+        message = err.args[0] if type(err) is KeyError and err.args else str(err)
+        sys.exit(f"lit-llm prepare: {message}")

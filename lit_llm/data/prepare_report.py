@@ -3,7 +3,7 @@
 Stats layout (all counts are documents, characters or tokens; tokens are counted with the final tokenizer on
 the normalised text, bos and eos included, for removed documents too):
 
-    read:   {source: {documents, chars}}
+    read:   {source: {documents, chars, skipped_empty}}   (skipped_empty: rows with empty or missing text)
     steps:  {step: {seconds, reasons?, sources: {source|"total": {documents_in, documents_out, removed,
              removed_rate, chars_in, chars_out, tokens_in, tokens_out}}}}
     kept:   {source: {documents, chars, tokens}}

@@ -10,8 +10,11 @@ Sources (`source`):
 
 Each prompt becomes [system], user = the prompt, then the assistant header (`Tokenizer.render_chat` with
 `add_generation_prompt`), exactly as SFT trains and the gold evaluation asks. A prompt longer than
-`max_prompt_length` tokens is dropped and counted in `stats` (PPO cannot use a cut question); an empty prompt
-raises, naming the source and record, unless `skip_invalid`.
+`max_prompt_length` tokens is dropped, counted in `stats` and warned (PPO cannot use a cut question). A record
+without a prompt field, or with an empty one, raises a `RecordError` (a `ValueError`) naming the file and line
+of the record (`file.jsonl:3`; the 0-based record for parquet and hub data) and the fields it has, unless
+`skip_invalid` (skipped, counted and warned). A split left without any prompt raises, naming the counts that
+emptied it, and so does a training split with fewer prompts than one batch (the last partial batch is dropped).
 
 Batches: `input_ids` / `attention_mask` (B, T) left-padded prompts, `records` (the B source records), and with
 `ptx_source` also `ptx_input_ids` (B_ptx, ptx_length + 1): blocks of the pretraining text (documents as
@@ -19,15 +22,26 @@ bos + text + eos, concatenated and cut), `ptx_batch_size` per batch, in a seeded
 """
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_llm.data.sampling import train_loader
-from lit_llm.data.sources import holdout_split, load_source, load_texts, model_tokenizer, source_fingerprint
+from lit_llm.data.sampling import TrainOrderState, train_loader, world_of
+from lit_llm.data.sources import (
+    FieldError,
+    RecordError,
+    RowNames,
+    holdout_split,
+    load_source,
+    load_texts,
+    model_tokenizer,
+    source_fingerprint,
+    split_loss,
+)
 from lit_llm.data.tasks import alpaca_prompt, ppo_prompts, pretrain_corpus
 from lit_llm.generation import left_pad
 from lit_llm.tokenizer import Tokenizer
@@ -44,9 +58,10 @@ class PromptStats:
     dropped_too_long: int = 0
     skipped_invalid: int = 0
     ptx_blocks: int = 0
+    first_error: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "first_error"}
 
 
 def prompt_text(record: dict, prompt_field: str, where: str) -> str:
@@ -58,9 +73,10 @@ def prompt_text(record: dict, prompt_field: str, where: str) -> str:
         text = alpaca_prompt(record["instruction"], record.get("input") or "")
     else:
         present = sorted(k for k, v in record.items() if v is not None)
-        raise KeyError(f"{where}: no field {prompt_field!r} (nor 'instruction'); available fields: {present}")
+        raise FieldError(f"{where}: missing field {prompt_field!r} (or an Alpaca 'instruction'); available fields: "
+                         f"{present}")
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{where}: field {prompt_field!r} is empty or not a string")
+        raise RecordError(f"{where}: field {prompt_field!r} is empty or not a string")
     return text
 
 
@@ -118,7 +134,7 @@ class PromptCollator:
         return batch
 
 
-class PromptDataModule(pl.LightningDataModule):
+class PromptDataModule(TrainOrderState, pl.LightningDataModule):
     """Prompts for PPO rollouts (and pretraining blocks for PPO-ptx).
 
     Args:
@@ -191,31 +207,35 @@ class PromptDataModule(pl.LightningDataModule):
                 "ptx_docs", "ptx_length", "seed")
         return {k: getattr(self, k) for k in keys}
 
-    def raw_records(self) -> dict[str, tuple[list[dict], str]]:
-        """split -> (records, source name for messages)."""
+    def raw_records(self) -> dict[str, tuple[list[tuple[int, dict]], RowNames]]:
+        """split -> ((row in the source, record) pairs, names of the rows for messages)."""
         if self.source == TASKS_SOURCE:
-            return {"train": (ppo_prompts(self.num_prompts, "train", self.seed, max_digits=self.max_digits),
-                              "tasks/train"),
-                    "val": (ppo_prompts(self.num_val_prompts, "val", self.seed, max_digits=self.max_digits),
-                            "tasks/val")}
+            train = ppo_prompts(self.num_prompts, "train", self.seed, max_digits=self.max_digits)
+            val = ppo_prompts(self.num_val_prompts, "val", self.seed, max_digits=self.max_digits)
+            return {"train": (list(enumerate(train)), RowNames("tasks/train", len(train))),
+                    "val": (list(enumerate(val)), RowNames("tasks/val", len(val)))}
         records = load_source(self.source, self.hub_split, self.hub_name).to_list()
+        names = RowNames(self.source, len(records))
         if self.val_source is not None:
             val = load_source(self.val_source, self.hub_split, self.hub_name).to_list()
-            return {"train": (records, self.source), "val": (val, self.val_source)}
-        train, val = holdout_split(records, self.val_fraction, self.seed, self.source)
-        return {"train": (train, self.source), "val": (val, self.source)}
+            return {"train": (list(enumerate(records)), names),
+                    "val": (list(enumerate(val)), RowNames(self.val_source, len(val)))}
+        train, val = holdout_split(list(enumerate(records)), self.val_fraction, self.seed, self.source)
+        return {"train": (train, names), "val": (val, names)}
 
-    def build(self, records: list[dict], source: str, stats: PromptStats) -> Prompts:
-        """Render and length-check the prompts of one split."""
+    def build(self, records: list[tuple[int, dict]], names: RowNames, stats: PromptStats,
+              split: str = "train") -> Prompts:
+        """Render and length-check the prompts of one split ((row, record) pairs)."""
         ids, kept = [], []
-        for i, record in enumerate(records):
+        for row, record in records:
             stats.records += 1
             try:
-                text = prompt_text(record, self.prompt_field, f"{source}, record {i}")
-            except (KeyError, ValueError):
+                text = prompt_text(record, self.prompt_field, names(row))
+            except RecordError as err:
                 if not self.skip_invalid:
                     raise
                 stats.skipped_invalid += 1
+                stats.first_error = stats.first_error or str(err)
                 continue
             tokens = render_prompt(self.tokenizer, text, self.system_prompt)
             if len(tokens) > self.max_prompt_length:
@@ -225,8 +245,13 @@ class PromptDataModule(pl.LightningDataModule):
             kept.append(record)
         stats.prompts = len(ids)
         if not ids:
-            raise ValueError(f"{source}: no prompt left (stats: {stats.to_dict()}; "
-                             f"max_prompt_length={self.max_prompt_length})")
+            hints = {"skipped_invalid": f"first: {stats.first_error}",
+                     "dropped_too_long": f"longer than max_prompt_length={self.max_prompt_length}"}
+            losses = {k: getattr(stats, k) for k in hints}
+            raise split_loss(names.source, split, "prompt", stats.records, losses, hints)
+        if lost := {k: v for k, v in stats.to_dict().items() if k in ("dropped_too_long", "skipped_invalid") and v}:
+            hint = f"; first skipped record: {stats.first_error}" if stats.first_error else ""
+            rank_zero_warn(f"PPO prompts, {split} ({stats.records} records): {lost}{hint}")
         return Prompts(ids, kept)
 
     def ptx_texts(self) -> list[str]:
@@ -234,21 +259,25 @@ class PromptDataModule(pl.LightningDataModule):
             corpus = pretrain_corpus(self.ptx_docs, seed=self.seed, dup_rate=0.0, near_dup_rate=0.0, junk_rate=0.0,
                                      max_digits=self.max_digits)
             return corpus.docs
-        return load_texts(self.ptx_source, self.ptx_field, self.hub_split)
+        return load_texts(self.ptx_source, self.ptx_field, self.hub_split)[0]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         self.tokenizer = model_tokenizer(self)
         self.fingerprint = source_fingerprint(self.source, self._options())
-        for split, (records, source) in self.raw_records().items():
+        for split, (records, names) in self.raw_records().items():
             self.stats[split] = PromptStats()
-            self.datasets[split] = self.build(records, source, self.stats[split])
+            self.datasets[split] = self.build(records, names, self.stats[split], split)
         if self.ptx_source is not None:
             self.ptx = ptx_blocks(self.tokenizer, self.ptx_texts(), self.ptx_length)
             self.stats["train"].ptx_blocks = len(self.ptx)
 
     def train_dataloader(self) -> DataLoader:
+        need = self.batch_size * world_of(self)[0]  # drop_last: fewer would give Lightning zero steps, silently
+        if len(self.datasets["train"]) < need:
+            raise ValueError(f"{self.source}: {len(self.datasets['train'])} training prompts, fewer than one batch "
+                             f"of {need} (batch_size={self.batch_size} per process); lower batch_size or add prompts")
         collate = PromptCollator(self.tokenizer.pad_id, self.ptx, self.ptx_batch_size, self.seed)
         return train_loader(self, self.datasets["train"], self.batch_size, self.seed, drop_last=True,
                             collate_fn=collate, num_workers=self.num_workers)

@@ -7,6 +7,12 @@ instead draws the one-process order and deals it out: rank r takes positions r, 
 per-rank batch B the W ranks' step-s batches together are exactly positions [sBW, (s+1)BW) of the one-process
 order, i.e. the one-process step-s batch at global batch BW. With W = 1 it yields the one-process order itself,
 so single-process runs are unchanged.
+
+The order also survives a resume. `TrainOrderState` (a mixin for data modules) stores, in every checkpoint, the
+training generator's state at the start of the current epoch and now, and how many of the epoch's batches the
+trainer has processed; the resumed loader restarts the same epoch's order and skips those batches (mid-epoch), or
+continues with the next epoch's order (at an epoch's end), so a resumed run sees exactly the uninterrupted run's
+batches.
 """
 
 import math
@@ -30,14 +36,73 @@ class ShardedSampler(DistributedSampler):
         self.base = base
         self.num_samples = math.ceil(len(base) / num_replicas)  # type: ignore[arg-type]
         self.total_size = self.num_samples * num_replicas
+        self.skip = 0  # leading indices of the next pass to leave out (a resume mid-epoch); reset after use
 
     def __iter__(self) -> Iterator[int]:
         order = list(self.base)
         order += order[: self.total_size - len(order)]
-        return iter(order[self.rank:self.total_size:self.num_replicas])
+        skip, self.skip = self.skip, 0
+        return iter(order[self.rank:self.total_size:self.num_replicas][skip:])
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that knows its position in the training order and can restart from one.
+
+    `position()` is the plain-data state a checkpoint keeps; `resume_from(position)` makes the next pass continue
+    there. Its length stays the full epoch's (Lightning counts the batches already done itself).
+    """
+
+    def __init__(self, *args: Any, datamodule: pl.LightningDataModule, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.datamodule = datamodule
+        self.epoch_start_state = self.generator.get_state()
+
+    def __iter__(self):
+        self.epoch_start_state = self.generator.get_state()  # before this pass draws its worker seed and order
+        return super().__iter__()
+
+    def progress(self) -> tuple[int, int]:
+        """(batches of the current epoch the trainer has processed, batches in its epoch): an epoch may be cut
+        short by `limit_train_batches`. Without a trainer: (0, len)."""
+        trainer = getattr(self.datamodule, "trainer", None)
+        if trainer is None:
+            return 0, len(self)
+        epoch_batches = trainer.num_training_batches
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done, int(epoch_batches) if math.isfinite(epoch_batches) else len(self)
+
+    def position(self) -> dict[str, Any]:
+        done, epoch_batches = self.progress()
+        return {"epoch_start_state": self.epoch_start_state, "state": self.generator.get_state(),
+                "batches_done": done, "epoch_batches": epoch_batches, "num_batches": len(self)}
+
+    def resume_from(self, position: dict[str, Any]) -> None:
+        if position["num_batches"] != len(self):
+            raise ValueError(f"cannot resume the training order: the checkpoint's epoch had "
+                             f"{position['num_batches']} batches, this data gives {len(self)} (changed data, batch "
+                             f"size or number of processes?)")
+        done = position["batches_done"]
+        if done >= position["epoch_batches"]:  # saved at the epoch's end: the next pass is the next epoch
+            self.generator.set_state(position["state"])
+            return
+        self.generator.set_state(position["epoch_start_state"])
+        self.sampler.skip = done * self.batch_size
+
+
+class TrainOrderState:
+    """Mixin for data modules whose training loader comes from `train_loader`: checkpoints keep the position in
+    the training order (Lightning saves a data module's `state_dict` and hands it back on resume, before it asks
+    for the training loader)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        loader = getattr(self, "_train_loader", None)
+        return {"train_order": loader.position()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = state_dict.get("train_order")
 
 
 def world_of(datamodule: pl.LightningDataModule) -> tuple[int, int]:
@@ -58,5 +123,12 @@ def train_loader(datamodule: pl.LightningDataModule, dataset: Dataset, batch_siz
     world, rank = world_of(datamodule)
     # The DataLoader keeps the same generator: it draws its worker base seed from it before the sampler's
     # permutation, exactly as a plain `DataLoader(shuffle=True, generator=...)` does, so one process's order is kept.
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardedSampler(base, dataset, world, rank),
-                      drop_last=drop_last, generator=generator, collate_fn=collate_fn, num_workers=num_workers)
+    loader = ResumableLoader(dataset, batch_size=batch_size, sampler=ShardedSampler(base, dataset, world, rank),
+                             drop_last=drop_last, generator=generator, collate_fn=collate_fn, num_workers=num_workers,
+                             datamodule=datamodule)
+    position = getattr(datamodule, "_resume_position", None)
+    if position is not None:
+        loader.resume_from(position)
+        datamodule._resume_position = None
+    datamodule._train_loader = loader
+    return loader

@@ -21,9 +21,12 @@ silently: `stats` counts truncated and dropped examples (the SFT stage logs them
 left without any target token (cut before the first answer, or a conversation with no assistant turn) is dropped
 and counted.
 
-Bad records (missing or empty required fields, unknown roles, non-string values): by default a `ValueError`
-naming the source, the record index (0-based) and the field; with `skip_invalid` the record is skipped and
-counted in `stats[split]["skipped_invalid"]`. A missing column raises at once, naming the available fields.
+Bad records (missing or empty required fields, unknown roles, non-string values): by default a `RecordError`
+(a `ValueError`) naming the file and line of the record (`file.jsonl:3`; the 0-based record for parquet and hub
+data), the field and, when it is missing, the fields the record has; with `skip_invalid` the record is skipped
+and counted in `stats[split]["skipped_invalid"]`. A missing column raises at once, naming the available fields;
+so does a `fields` key that is no canonical name (naming the nearest). A split that ends up with no example
+raises, naming the counts that emptied it and the option behind each.
 
 Packing. With `packing`, examples are packed into rows of `max_length` positions by best-fit decreasing (fewer
 pad tokens than greedy filling); `doc_ids` keep attention inside each example and positions restart per example
@@ -35,7 +38,7 @@ shuffles the rows, not the assignment of examples to rows); the whole dataset is
 """
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -45,13 +48,18 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_llm.data.sampling import train_loader
+from lit_llm.data.sampling import TrainOrderState, train_loader
 from lit_llm.data.sources import (
+    FieldError,
+    RecordError,
+    RowNames,
+    check_field_names,
     holdout_split,
     load_source,
     model_tokenizer,
     require_fields,
     source_fingerprint,
+    split_loss,
 )
 from lit_llm.data.tasks import alpaca_prompt, sft_records
 from lit_llm.losses import IGNORE_INDEX
@@ -64,11 +72,8 @@ REQUIRED_COLUMNS = {"alpaca": ("instruction", "output"), "messages": ("messages"
 MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant"}
-
-
-class RecordError(ValueError):
-    """A record that cannot become a conversation; the message names the source, record and field."""
-
+FIELD_NAMES = ("instruction", "input", "output", "messages", "conversations", "prompt", "completion", "role",
+               "content", "from", "value", "system")  # what `fields` may rename
 
 # --------------------------------------------------------------------------------------------- records → chat
 def detect_format(columns: Sequence[str], fields: dict[str, str], source: str) -> str:
@@ -76,8 +81,8 @@ def detect_format(columns: Sequence[str], fields: dict[str, str], source: str) -
     for fmt in ("messages", "sharegpt", "alpaca", "prompt_completion"):
         if all(fields.get(name, name) in columns for name in REQUIRED_COLUMNS[fmt]):
             return fmt
-    raise KeyError(f"{source}: cannot tell the SFT format from the fields {list(columns)}; set data.format "
-                   f"(one of {FORMATS}) and map differing names with data.fields")
+    raise FieldError(f"{source}: cannot tell the SFT format from the fields {list(columns)}; set data.format "
+                     f"(one of {FORMATS}) and map differing names with data.fields")
 
 
 class RecordReader:
@@ -88,12 +93,15 @@ class RecordReader:
         fields: Canonical name -> the data's name (only differing names need an entry).
         source: Name of the source, for error messages.
         system_prompt: System message for conversations that have none (and no `system` column value).
+        names: Names record i in error messages (`RowNames`: its file and line); default "source, record i".
     """
 
-    def __init__(self, fmt: str, fields: dict[str, str], source: str, system_prompt: str | None = None) -> None:
+    def __init__(self, fmt: str, fields: dict[str, str], source: str, system_prompt: str | None = None,
+                 names: Callable[[int], str] | None = None) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {fmt!r}")
         self.fmt, self.fields, self.source, self.system_prompt = fmt, fields, source, system_prompt
+        self.where = names or (lambda i: f"{source}, record {i}")
 
     def name(self, canonical: str) -> str:
         return self.fields.get(canonical, canonical)
@@ -103,8 +111,12 @@ class RecordReader:
         value = record.get(self.name(canonical))
         if value is not None and not isinstance(value, str):
             raise RecordError(f"{where}: field {self.name(canonical)!r} must be a string, got {type(value).__name__}")
-        if required and (value is None or not value.strip()):
-            raise RecordError(f"{where}: field {self.name(canonical)!r} is missing or empty")
+        if required and value is None:
+            # `datasets` gives every row every column of the file (None where absent): list only the present ones
+            present = sorted(k for k, v in record.items() if v is not None)
+            raise FieldError(f"{where}: missing field {self.name(canonical)!r}; available fields: {present}")
+        if required and not value.strip():
+            raise RecordError(f"{where}: field {self.name(canonical)!r} is empty")
         return value or ""
 
     def turns(self, record: dict, where: str, list_key: str, role_key: str, content_key: str,
@@ -125,8 +137,8 @@ class RecordReader:
         return messages
 
     def messages(self, record: dict, index: int) -> list[dict]:
-        """The conversation of record `index` (0-based, for error messages)."""
-        where = f"{self.source}, record {index}"
+        """The conversation of record `index` (the source's 0-based row, for error messages)."""
+        where = self.where(index)
         if self.fmt == "alpaca":
             user = alpaca_prompt(self.text(record, "instruction", where), self.text(record, "input", where, False))
             messages = [{"role": "user", "content": user},
@@ -286,7 +298,7 @@ class SFTCollator:
 
 
 # ------------------------------------------------------------------------------------------------ data module
-class SFTDataModule(pl.LightningDataModule):
+class SFTDataModule(TrainOrderState, pl.LightningDataModule):
     """Instruction / chat data for SFT, tokenized with the model's tokenizer in `setup`.
 
     The tokenizer comes from the model being trained (`trainer.lightning_module.tokenizer`), which the SFT stage
@@ -341,6 +353,7 @@ class SFTDataModule(pl.LightningDataModule):
         super().__init__()
         if truncation not in ("truncate", "drop"):
             raise ValueError(f"truncation must be 'truncate' or 'drop', got {truncation!r}")
+        check_field_names(fields or {}, FIELD_NAMES)
         self.source, self.format, self.fields = source, format, dict(fields or {})
         self.val_source, self.val_fraction = val_source, val_fraction
         self.hub_name, self.hub_split = hub_name, hub_split
@@ -373,37 +386,41 @@ class SFTDataModule(pl.LightningDataModule):
             raise ValueError(f"data.max_length={self.max_length} exceeds the model's max_seq_len={max_seq_len}")
         return tokenizer
 
-    def _raw_records(self) -> tuple[dict[str, list[dict]], RecordReader, RecordReader]:
-        """Train and validation records and a reader for each."""
+    def _raw_records(self) -> tuple[dict[str, list[tuple[int, dict]]], RecordReader, RecordReader]:
+        """Train and validation records, each with its row in the source (for error messages), and a reader for
+        each split."""
         if self.is_task_world:
             train = sft_records(self.num_records, "train", self.seed, max_digits=self.max_digits)
             val = sft_records(self.num_val_records, "val", self.seed, max_digits=self.max_digits)
-            return ({"train": train, "val": val}, RecordReader("alpaca", {}, "tasks/train", self.system_prompt),
+            return ({"train": list(enumerate(train)), "val": list(enumerate(val))},
+                    RecordReader("alpaca", {}, "tasks/train", self.system_prompt),
                     RecordReader("alpaca", {}, "tasks/val", self.system_prompt))
         ds = load_source(self.source, self.hub_split, self.hub_name)
         reader = self._reader(ds, self.source)
-        records = ds.to_list()
+        records = list(enumerate(ds.to_list()))
         if self.val_source is not None:
             val_ds = load_source(self.val_source, self.hub_split, self.hub_name)
-            return {"train": records, "val": val_ds.to_list()}, reader, self._reader(val_ds, self.val_source)
+            return ({"train": records, "val": list(enumerate(val_ds.to_list()))}, reader,
+                    self._reader(val_ds, self.val_source))
         train, val = holdout_split(records, self.val_fraction, self.seed, self.source)
         return {"train": train, "val": val}, reader, reader
 
     def _reader(self, ds: datasets.Dataset, source: str) -> RecordReader:
         """A reader for a loaded source, after checking that its format's required columns exist."""
         fmt = detect_format(ds.column_names, self.fields, source) if self.format == "auto" else self.format
-        reader = RecordReader(fmt, self.fields, source, self.system_prompt)
+        reader = RecordReader(fmt, self.fields, source, self.system_prompt, RowNames(source, len(ds)))
         require_fields(ds, [reader.name(name) for name in REQUIRED_COLUMNS[fmt]], source)
         return reader
 
-    def build_examples(self, records: list[dict], reader: RecordReader, tokenizer: Tokenizer,
+    def build_examples(self, records: list[tuple[int, dict]], reader: RecordReader, tokenizer: Tokenizer,
                        stats: SFTStats) -> list[SFTExample]:
-        """Records → conversations → examples under the length policy; `stats` counts what happened."""
+        """(row, record) pairs → conversations → examples under the length policy; `stats` counts what
+        happened."""
         examples = []
-        for i, record in enumerate(records):
+        for row, record in records:
             stats.records += 1
             try:
-                messages = reader.messages(record, i)
+                messages = reader.messages(record, row)
             except RecordError as err:
                 if not self.skip_invalid:
                     raise
@@ -430,12 +447,18 @@ class SFTDataModule(pl.LightningDataModule):
             stats = self.stats[split] = SFTStats()
             examples = self.build_examples(records[split], reader, tokenizer, stats)
             if not examples:
-                raise ValueError(f"{reader.source}: no {split} example left (stats: {stats.to_dict()}; "
-                                 f"first error: {stats.first_error})")
+                raise self._nothing_left(reader.source, split, stats)
             rows = pack_examples([len(ex) for ex in examples], self.max_length) if self.packing else None
             self.datasets[split] = SFTRows(examples, rows)
             stats.rows = len(self.datasets[split])
             self._warn_losses(split, stats)
+
+    def _nothing_left(self, source: str, split: str, stats: SFTStats) -> ValueError:
+        losses = {k: getattr(stats, k) for k in ("skipped_invalid", "dropped_too_long", "dropped_no_target")}
+        hints = {"skipped_invalid": f"first: {stats.first_error}",
+                 "dropped_too_long": f"longer than max_length={self.max_length}; truncation=truncate cuts them",
+                 "dropped_no_target": f"max_length={self.max_length} cuts off every answer"}
+        return split_loss(source, split, "example", stats.records, losses, hints)
 
     def _warn_losses(self, split: str, stats: SFTStats) -> None:
         lost = {k: v for k, v in stats.to_dict().items()

@@ -1,13 +1,24 @@
 """Reading text sources through `datasets`: local files and folders, or hub dataset names.
 
 One function turns a source description into a `datasets.Dataset`, so every stage's data module (and
-`lit-llm prepare`) reads files the same way and reports bad input the same way: the error names the file and,
-for JSON lines, the line.
+`lit-llm prepare`) reads files the same way and reports bad input the same way: a `ValueError` whose one-line
+message names the file and, for text files, the line (`data/train.jsonl:3: malformed JSON ...`).
+
+Bad input (the README's "Bad input" table lists what each module does with it):
+    malformed JSON (a JSON-lines line or a .json document): the file and line.
+    bytes that are not UTF-8 (.txt, .jsonl, .json): the file, line and byte offset; files are checked before
+        loading, because pyarrow accepts invalid bytes inside JSON strings and would fail only later.
+    an empty file: named as such. A missing column: `FieldError` naming it and the columns there are.
+    a bad record: `RecordError` naming the file and line it came from (`RowNames`), or the 0-based record of
+        a parquet/hub source.
 """
 
+import difflib
 import hashlib
 import json
 import math
+from bisect import bisect_right
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +31,18 @@ if TYPE_CHECKING:
     from lit_llm.tokenizer import Tokenizer
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; the message names the file and line (or source and record) and the field."""
+
+
+class FieldError(RecordError, KeyError):
+    """A missing field. Also a KeyError, as a missing key is, but printed without KeyError's quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def local_files(source: str | Path) -> list[Path]:
@@ -34,8 +57,37 @@ def local_files(source: str | Path) -> list[Path]:
     return files
 
 
+def check_utf8(path: Path) -> int:
+    """Raise naming the line and byte offset of the first byte that is not UTF-8; returns the non-blank lines."""
+    offset = non_blank = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                non_blank += bool(raw.decode("utf-8").strip())
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid UTF-8: byte {raw[err.start]:#04x} at file offset "
+                                 f"{offset + err.start} ({err.reason}); save the file as UTF-8") from None
+            offset += len(raw)
+    return non_blank
+
+
+def _is_json_document(path: Path) -> bool:
+    """Whether a .json file is one JSON array (else JSON lines, one object per line)."""
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    return path.suffix == ".json" and head.startswith(b"[")
+
+
 def find_bad_json_line(path: Path) -> str | None:
-    """Describe the first line of a JSON-lines file that does not parse as a JSON object, if any."""
+    """Describe the first line of a JSON-lines file (or the place in a .json array) that does not parse as a JSON
+    object, if any."""
+    if _is_json_document(path):
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            return f"{path}:{err.lineno}: malformed JSON ({err.msg}, column {err.colno})"
+        kinds = {type(r).__name__ for r in records if not isinstance(r, dict)}
+        return f"{path}: expected an array of JSON objects, found {sorted(kinds)}" if kinds else None
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -51,9 +103,20 @@ def find_bad_json_line(path: Path) -> str | None:
     return None
 
 
+def _root_message(err: BaseException) -> str:
+    """The innermost cause's first line (`datasets` wraps the useful pyarrow message in a generic one)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def load_local(source: str | Path) -> datasets.Dataset:
     """Load local files with the `datasets` builder for their type; .txt files are one row per file."""
     files = local_files(source)
+    non_blank = [check_utf8(f) for f in files if f.suffix in TEXT_SUFFIXES]
+    if non_blank and not any(non_blank):
+        raise ValueError(f"{source}: no records (the file is empty)" if len(files) == 1
+                         else f"{source}: no records (every file is empty)")
     builder = BUILDERS[files[0].suffix]
     kwargs = {"sample_by": "document"} if builder == "text" else {}
     try:
@@ -63,7 +126,7 @@ def load_local(source: str | Path) -> datasets.Dataset:
             bad = find_bad_json_line(f) if f.suffix in (".jsonl", ".json") else None
             if bad:
                 raise ValueError(bad) from err
-        raise ValueError(f"cannot read {source}: {err}") from err
+        raise ValueError(f"cannot read {source}: {_root_message(err)}") from err
 
 
 def load_source(source: str, split: str = "train", name: str | None = None) -> datasets.Dataset:
@@ -79,14 +142,81 @@ def require_fields(ds: datasets.Dataset, fields: list[str], source: str) -> None
     """Raise a clear error naming a missing field and the available ones."""
     for field in fields:
         if field not in ds.column_names:
-            raise KeyError(f"{source}: no field {field!r}; available fields: {ds.column_names}")
+            raise FieldError(f"{source}: no field {field!r}; available fields: {ds.column_names}")
 
 
-def load_texts(source: str, text_field: str = "text", split: str = "train", name: str | None = None) -> list[str]:
-    """The non-empty texts of one field of a source."""
+def check_field_names(fields: dict[str, str], canonical: Sequence[str]) -> None:
+    """Refuse a `fields` key that is no canonical name (a misspelt one would be ignored), naming the nearest."""
+    for name in fields:
+        if name not in canonical:
+            close = difflib.get_close_matches(name, canonical, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known names: {', '.join(sorted(canonical))}"
+            raise ValueError(f"data.fields: unknown field name {name!r}; {hint}")
+
+
+def load_texts(source: str, text_field: str = "text", split: str = "train",
+               name: str | None = None) -> tuple[list[str], int]:
+    """The non-empty texts of one field of a source, and how many rows were skipped as empty or missing."""
     ds = load_source(source, split, name)
     require_fields(ds, [text_field], source)
-    return [t for t in ds[text_field] if isinstance(t, str) and t.strip()]
+    texts = [t for t in ds[text_field] if isinstance(t, str) and t.strip()]
+    return texts, len(ds) - len(texts)
+
+
+class RowNames:
+    """Names row i of a loaded source in error messages: `file.jsonl:LINE` for JSON-lines files (the line the row
+    was read from, blank lines skipped as `datasets` skips them), else `source, record i` (0-based).
+
+    Args:
+        source: The source as configured.
+        num_rows: Rows `datasets` read from it (line numbers are used only when they account for every row).
+    """
+
+    def __init__(self, source: str, num_rows: int) -> None:
+        self.source, self.num_rows = source, num_rows
+        self._files: list[tuple[Path, np.ndarray]] | None = None
+        self._starts: list[int] = []
+
+    def _lines(self) -> list[tuple[Path, np.ndarray]]:
+        """Per file, the line number of each of its rows (computed once, on first use)."""
+        if self._files is None:
+            self._files = []
+            path = Path(self.source)
+            files = local_files(path) if path.exists() else []
+            if files and all(f.suffix in (".jsonl", ".json") and not _is_json_document(f) for f in files):
+                for f in files:
+                    with open(f, "rb") as fh:
+                        self._files.append((f, np.array([n for n, raw in enumerate(fh, 1) if raw.strip()])))
+            if sum(len(lines) for _, lines in self._files) != self.num_rows:
+                self._files = []
+            self._starts = np.cumsum([0] + [len(lines) for _, lines in self._files]).tolist()
+        return self._files
+
+    def __call__(self, row: int) -> str:
+        files = self._lines()
+        if not files:
+            return f"{self.source}, record {row}"
+        k = bisect_right(self._starts, row) - 1
+        path, lines = files[k]
+        return f"{path}:{lines[row - self._starts[k]]}"
+
+
+def split_loss(source: str, split: str, what: str, records: int, losses: dict[str, int],
+               hints: dict[str, str]) -> ValueError:
+    """The error for a split that filtering left empty: the counts that emptied it, each with the option behind it.
+
+    Args:
+        source: Source name.
+        split: "train" or "val".
+        what: What was wanted ("example", "comparison", "prompt").
+        records: Records the split had.
+        losses: Count name -> count (zero ones are left out).
+        hints: Count name -> what to change (or the first error).
+    """
+    if not records:
+        return ValueError(f"{source}: the {split} split has no records")
+    why = "; ".join(f"{k}={v}" + (f" ({hints[k]})" if k in hints else "") for k, v in losses.items() if v)
+    return ValueError(f"{source}: no {split} {what} left of {records} records: {why}")
 
 
 def source_fingerprint(source: str, extra: dict) -> str:
@@ -102,7 +232,8 @@ def source_fingerprint(source: str, extra: dict) -> str:
 
 
 def holdout_split(records: list, val_fraction: float, seed: int, source: str) -> tuple[list, list]:
-    """A seeded (train, val) split of a source's records, `val_fraction` (at least one record) held out."""
+    """A seeded (train, val) split of a source's records (or (row, record) pairs), `val_fraction` (at least one
+    record) held out."""
     order = np.random.default_rng(seed).permutation(len(records))
     n_val = max(1, math.ceil(len(records) * val_fraction))
     if n_val >= len(records):
@@ -112,7 +243,10 @@ def holdout_split(records: list, val_fraction: float, seed: int, source: str) ->
 
 def model_tokenizer(datamodule: "pl.LightningDataModule") -> "Tokenizer":
     """The tokenizer of the model a data module feeds (`trainer.lightning_module.tokenizer`), or one set on the
-    data module itself outside a Trainer. Stages after pretraining take the tokenizer from their checkpoint."""
+    data module itself outside a Trainer. Stages after pretraining take the tokenizer from their checkpoint.
+
+    Every caller renders chats, so a tokenizer that cannot (no chat template and not our chat special tokens,
+    e.g. a foreign Hugging Face directory) is refused here, before any data is read."""
     trainer = getattr(datamodule, "trainer", None)
     module = trainer.lightning_module if trainer is not None else None
     tokenizer = getattr(module, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
@@ -120,4 +254,9 @@ def model_tokenizer(datamodule: "pl.LightningDataModule") -> "Tokenizer":
         raise RuntimeError(f"{type(datamodule).__name__} reads the tokenizer of the model "
                            "(trainer.lightning_module.tokenizer) in setup(); outside a Trainer set "
                            "`datamodule.tokenizer` first")
+    try:
+        tokenizer.check_chat()
+    except ValueError as err:
+        origin = f" (init_from {module.init_from})" if getattr(module, "init_from", None) else ""
+        raise ValueError(f"{type(datamodule).__name__}: the model's tokenizer{origin}: {err}") from None
     return tokenizer

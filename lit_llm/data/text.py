@@ -11,22 +11,30 @@ second run starts at once. The fingerprint covers the source's bytes and every o
 Each document is stored as bos + text + eos (bos only when the tokenizer has one), as Llama does, so a prompt
 at generation time starts the way every training document did.
 
+Bad input: rows whose text is empty, white space or missing are skipped and counted (`stats["train"]
+.skipped_empty`, a run param, and a warning); a source with no text at all, or a split too short for one block,
+raises naming the source (and split). Malformed JSON and bytes that are not UTF-8 raise naming the file and line
+(`sources.load_local`). There is no per-document length limit: documents are concatenated and cut into blocks.
+
 Deliberate simplifications: documents are concatenated and blocks may span a document
 boundary (GPT-2 style; attention crosses it). A source with a single document (tiny Shakespeare) is split by
 position — the last `val_fraction` of its tokens is validation, as nanoGPT does; several documents are split by
 a seeded shuffle of whole documents.
 """
 
+import hashlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_llm.data.sampling import train_loader
+from lit_llm.data.sampling import TrainOrderState, train_loader, world_of
 from lit_llm.data.sources import load_texts, source_fingerprint
 from lit_llm.data.tasks import make_examples, pretrain_corpus
 from lit_llm.tokenizer import Tokenizer
@@ -97,7 +105,20 @@ def read_tokens(path: Path, dtype: np.dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-class TextDataModule(pl.LightningDataModule):
+@dataclass
+class TextStats:
+    """A split's documents and tokens (logged by the stage as `data_stats.<split>.*` params). `skipped_empty`
+    counts the source's rows with empty or missing text, skipped before the split (under "train")."""
+
+    documents: int = 0
+    tokens: int = 0
+    skipped_empty: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class TextDataModule(TrainOrderState, pl.LightningDataModule):
     """Pretraining data: documents → tokenizer → cached token streams → blocks of `block_size` tokens.
 
     Args:
@@ -107,7 +128,8 @@ class TextDataModule(pl.LightningDataModule):
         hub_name: Config name of a hub dataset.
         hub_split: Split of a hub dataset to read.
         tokenizer: "bpe" trains a byte-level BPE tokenizer on the training documents, "byte" uses the 256-byte
-            (character-level) tokenizer, anything else is a path to a tokenizer.json or its folder.
+            (character-level) tokenizer, anything else is a path to a tokenizer.json or its folder (its content
+            is part of the cache's fingerprint, so an edited tokenizer never reuses tokens of the old one).
         vocab_size: Vocabulary size when training a BPE tokenizer.
         block_size: Tokens per training sequence (the model's context length during training).
         batch_size: Sequences per batch on each device.
@@ -156,6 +178,7 @@ class TextDataModule(pl.LightningDataModule):
         self.predict_prompts = predict_prompts
         self.tokenizer: Tokenizer | None = None
         self.fingerprint: str | None = None
+        self.stats: dict[str, TextStats] = {}
         self.train_tokens: np.ndarray | None = None
         self.val_tokens: np.ndarray | None = None
 
@@ -168,40 +191,54 @@ class TextDataModule(pl.LightningDataModule):
         return marker.is_file() and bool(json.loads(marker.read_text()).get("task_world", False))
 
     def _options(self) -> dict:
-        return {
+        options = {
             "tokenizer": self.tokenizer_spec, "vocab_size": self.vocab_size_wanted, "val_fraction": self.val_fraction,
             "num_docs": self.num_docs, "max_digits": self.max_digits, "seed": self.seed,
             "text_field": self.text_field, "hub": [self.hub_name, self.hub_split], "format": 1,
         }
+        if self.tokenizer_spec not in ("bpe", "byte"):  # an edited tokenizer file must not reuse stale tokens
+            options["tokenizer_files"] = [hashlib.sha256(f.read_bytes()).hexdigest() for f in self._tokenizer_files()]
+        return options
 
-    def _documents(self) -> tuple[list[str], list[str]]:
-        """Train and validation documents."""
+    def _tokenizer_files(self) -> list[Path]:
+        """The files `Tokenizer.from_file` reads for a path `tokenizer`: tokenizer.json (+ tokenizer_config.json)."""
+        path = Path(self.tokenizer_spec)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"data.tokenizer: no tokenizer at {file} (use 'bpe', 'byte' or a path)")
+        return [f for f in (file, file.parent / "tokenizer_config.json") if f.is_file()]
+
+    def _documents(self) -> tuple[list[str], list[str], int]:
+        """Train and validation documents, and the number of rows skipped as empty."""
         if self.is_task_world:
             n_val = max(1, self.num_docs // 10)
             train = pretrain_corpus(self.num_docs, seed=self.seed, split="train").docs
             val = pretrain_corpus(n_val, seed=self.seed, dup_rate=0, near_dup_rate=0, junk_rate=0, split="val").docs
-            return train, val
-        texts = load_texts(self.source, self.text_field, self.hub_split, self.hub_name)
+            return train, val, 0
+        texts, skipped = load_texts(self.source, self.text_field, self.hub_split, self.hub_name)
         if not texts:
-            raise ValueError(f"{self.source}: no non-empty text in field {self.text_field!r}")
+            raise ValueError(f"{self.source}: no non-empty text in field {self.text_field!r} "
+                             f"({skipped} rows, all empty or missing)")
+        if skipped:
+            rank_zero_warn(f"{self.source}: skipped {skipped} of {skipped + len(texts)} rows whose "
+                           f"{self.text_field!r} is empty or missing")
         if len(texts) == 1:
             cut = int(len(texts[0]) * (1 - self.val_fraction))
-            return [texts[0][:cut]], [texts[0][cut:]]
+            return [texts[0][:cut]], [texts[0][cut:]], skipped
         order = np.random.default_rng(self.seed).permutation(len(texts))
         n_val = max(1, int(len(texts) * self.val_fraction))
-        return [texts[i] for i in order[n_val:]], [texts[i] for i in order[:n_val]]
+        return [texts[i] for i in order[n_val:]], [texts[i] for i in order[:n_val]], skipped
 
     def _make_tokenizer(self, train_docs: list[str]) -> Tokenizer:
         if self.tokenizer_spec == "bpe":
             return Tokenizer.train(train_docs, vocab_size=self.vocab_size_wanted)
         if self.tokenizer_spec == "byte":
             return Tokenizer.byte_level()
-        path = Path(self.tokenizer_spec)
-        return Tokenizer.from_file(path / "tokenizer.json" if path.is_dir() else path)
+        return Tokenizer.from_file(self._tokenizer_files()[0])
 
     def _build_cache(self, folder: Path) -> None:
         """Tokenize once and write tokenizer + token streams; a marker file makes the cache all-or-nothing."""
-        train_docs, val_docs = self._documents()
+        train_docs, val_docs, skipped = self._documents()
         tokenizer = self._make_tokenizer(train_docs)
         folder.mkdir(parents=True, exist_ok=True)
         tokenizer.save(folder)
@@ -211,7 +248,7 @@ class TextDataModule(pl.LightningDataModule):
             ids = tokenizer.encode_batch(docs, bos=tokenizer.bos_id is not None)
             counts[split] = write_tokens(folder / f"{split}.bin", ids, tokenizer.eos_id, dtype)
         meta = {"dtype": dtype.name, "tokens": counts, "documents": {"train": len(train_docs), "val": len(val_docs)},
-                "fingerprint": folder.name}
+                "skipped_empty": skipped, "fingerprint": folder.name}
         (folder / PREPARED_MARKER).write_text(json.dumps(meta, indent=2))
 
     def prepare_data(self) -> None:
@@ -241,8 +278,24 @@ class TextDataModule(pl.LightningDataModule):
         self.tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
         self.train_tokens = read_tokens(folder / "train.bin", np.dtype(meta["dtype"]))
         self.val_tokens = read_tokens(folder / "val.bin", np.dtype(meta["dtype"]))
+        self.stats = {split: TextStats(meta["documents"][split], meta["tokens"][split],
+                                       meta.get("skipped_empty", 0) if split == "train" else 0)
+                      for split in ("train", "val")}
+
+    def _check_length(self, split: str, tokens: np.ndarray, need: int, what: str) -> None:
+        """A clear error for a split too short for what its loader needs (instead of a failed draw, or an empty
+        loader that Lightning would "train" on for zero steps)."""
+        if len(tokens) < need:
+            raise ValueError(f"{self.source}: the {split} split has {len(tokens)} tokens, fewer than the {need} of "
+                             f"{what} (block_size={self.block_size}, batch_size={self.batch_size}); use more text, "
+                             "a smaller block_size or batch_size, or another val_fraction")
 
     def train_dataloader(self) -> DataLoader:
+        if self.sampling == "random":
+            self._check_length("train", self.train_tokens, self.block_size + 2, "one random window")
+        else:  # drop_last: every process needs one full batch of blocks
+            blocks = self.batch_size * world_of(self)[0]
+            self._check_length("train", self.train_tokens, blocks * self.block_size + 1, f"{blocks} blocks")
         if self.sampling == "random":
             ds = RandomWindows(self.train_tokens, self.block_size, self.train_samples, self.seed)
         else:
@@ -251,6 +304,7 @@ class TextDataModule(pl.LightningDataModule):
                             num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
+        self._check_length("val", self.val_tokens, self.block_size + 1, "one block")
         ds: Dataset = PackedBlocks(self.val_tokens, self.block_size)
         if self.val_samples is not None and self.val_samples < len(ds):
             ds = torch.utils.data.Subset(ds, range(self.val_samples))
