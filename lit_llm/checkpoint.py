@@ -8,11 +8,13 @@ Python values (stage name, model config, tokenizer JSON, MLflow run id), so ever
 tokenizer from either one of our checkpoints or a Hugging Face Llama-format directory.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.tokenizer import Tokenizer
@@ -76,7 +78,67 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, ...
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        raise ValueError(f"cannot read checkpoint {path} (truncated, not a checkpoint, or it holds objects that "
+                         f"are not plain data, which are refused so that no checkpoint can run code): {err}") from err
+
+
+def atomic_save(checkpoint: dict, path: str | Path) -> None:
+    """`torch.save` to a temporary file beside `path`, flushed to disk, then renamed over it.
+
+    A kill at any moment leaves either the previous file or the new one, never a half-written one. (Lightning's own
+    atomic save writes its temporary file in the system temp directory; across filesystems its final move is a
+    plain copy into place, which a kill can cut short.)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files of `atomic_save` writes whose process died (killed mid-write)."""
+    for tmp in directory.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic local writes (`atomic_save`) and reads that never run code
+    (`weights_only=True`) and name the file when it cannot be read. Remote paths (s3://...) keep Lightning's IO."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        if "://" in str(path):
+            return super().load_checkpoint(path, weights_only=True)
+        return read_checkpoint(path)
 
 
 def checkpoint_stage_meta(checkpoint: dict, path: str | Path) -> dict:

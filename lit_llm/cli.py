@@ -17,11 +17,14 @@ from collections.abc import Callable
 
 import yaml
 from jsonargparse import lazy_instance
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_llm.callbacks import PredictionWriter, RunMetadata, SampleGenerations, StageCheckpoint, Throughput
+from lit_llm.callbacks import (NonFiniteGuard, PredictionWriter, RunMetadata, SampleGenerations, StageCheckpoint,
+                               Throughput)
+from lit_llm.checkpoint import SafeCheckpointIO
 from lit_llm.stages.base import StageModule
 from lit_llm.tracking import MLflowLogger
 
@@ -102,6 +105,17 @@ class LitLLMCLI(LightningCLI):
             stage = config.model.class_path.rsplit(".", 1)[-1].lower()
             config.trainer.default_root_dir = f"runs/{stage}"
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads `--ckpt_path` here first (for saved hyperparameters); an unreadable file gets an error
+        that names it instead of a bare zip-archive error."""
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, OSError, ValueError, TypeError) as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise ValueError(f"cannot read checkpoint {path} (truncated, not a checkpoint, or it holds objects that "
+                             f"are not plain data, which are refused so that no checkpoint can run code): {err}"
+                             ) from err
+
     def instantiate_trainer(self, **kwargs):
         """The configured trainer plus lit_llm's callbacks, passed at construction so that our StageCheckpoint
         replaces Lightning's default ModelCheckpoint instead of running beside it."""
@@ -114,7 +128,12 @@ class LitLLMCLI(LightningCLI):
             callbacks.append(Throughput())
         if not any(isinstance(c, ModelCheckpoint) for c in configured):
             callbacks.append(StageCheckpoint())
-        return super().instantiate_trainer(**kwargs, callbacks=configured + callbacks)
+        if not any(isinstance(c, NonFiniteGuard) for c in configured):
+            callbacks.append(NonFiniteGuard())
+        trainer = super().instantiate_trainer(**kwargs, callbacks=configured + callbacks)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own or a sharded one
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
 
 
 class _DropTips(logging.Filter):

@@ -5,9 +5,11 @@ One thin base class, not a hierarchy: each stage adds only its step.
 """
 
 import copy
+import hashlib
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 import torchmetrics
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
@@ -41,6 +43,7 @@ class StageModule(pl.LightningModule):
         self.parent_run_id: str | None = None
         self.samples: list[dict] = []
         self.gold_metric = torchmetrics.MeanMetric()  # syncs across ranks in compute()
+        self.base_seed: int | None = None
 
     @property
     def flops_per_token(self) -> float | None:
@@ -66,9 +69,10 @@ class StageModule(pl.LightningModule):
 
     def check_tokenizer(self, tokenizer: Tokenizer, what: str) -> None:
         """Models that score the policy's tokens must share its tokenizer."""
-        if tokenizer.to_json() != self.tokenizer.to_json():
+        if (difference := self.tokenizer.difference(tokenizer)) is not None:
             raise ValueError(f"{what} has a different tokenizer than the policy (init_from "
-                             f"{getattr(self, 'init_from', '?')}); its token ids would mean other text")
+                             f"{getattr(self, 'init_from', '?')}): {difference} (here = the policy's); its token "
+                             f"ids would mean other text")
 
     def set_frozen(self, name: str, model: nn.Module | None) -> None:
         """Keep a frozen model (reference, reward) as `self.<name>` OUTSIDE `nn.Module` registration, so it is not
@@ -129,13 +133,47 @@ class StageModule(pl.LightningModule):
         self.gold_metric.reset()
         self.samples = rows[: self.num_samples]
 
+    # ------------------------------------------------------------------------------------- randomness
+    def on_fit_start(self) -> None:
+        self.base_seed = torch.initial_seed()  # the run's seed (seed_everything), before any per-batch reseeding
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed the global RNG (dropout, masking) from (run seed, rank, epoch, batch): training randomness is then
+        the same after a resume and independent of whatever validation or logging drew in between."""
+        torch.manual_seed(batch_seed(self.base_seed, self.global_rank, self.current_epoch, batch_idx))
+
+    def gathered(self, state: torch.Tensor) -> torch.Tensor:
+        """(world, ...) every rank's `state`, on the CPU (a collective call: every rank must make it)."""
+        if self.trainer.world_size == 1:
+            return state[None].cpu()
+        return self.all_gather(state.to(self.device)).cpu()
+
+    # ------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = checkpoint_meta(self.stage, self.model.config, self.tokenizer, self.mlflow_run_id())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume from a checkpoint of another stage or of a differently shaped model, naming why."""
         meta = checkpoint.get(META_KEY, {})
         if meta.get("stage") not in (None, self.stage):
             raise ValueError(
                 f"this checkpoint was written by the {meta['stage']!r} stage; {type(self).__name__} resumes only "
                 f"{self.stage!r} checkpoints (use init_from to start a new stage from it)"
             )
+        if "model_config" in meta and self.model is not None:
+            differ = config_differences(meta["model_config"], self.model.config.to_dict())
+            if differ:
+                raise ValueError(f"the checkpoint's model config differs from this run's: {'; '.join(differ)} "
+                                 f"(resume with the config the checkpoint was trained with)")
+
+
+def batch_seed(base_seed: int | None, rank: int, epoch: int, batch_idx: int) -> int:
+    """A 63-bit seed mixed from its parts (no two batches of a run share one)."""
+    digest = hashlib.blake2b(f"{base_seed}/{rank}/{epoch}/{batch_idx}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key: checkpoint X, this run Y` for every model-config field that differs."""
+    return [f"{key}: checkpoint {saved.get(key)!r}, this run {current.get(key)!r}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]

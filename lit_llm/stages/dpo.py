@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 import torchmetrics
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lit_llm.losses import (IGNORE_INDEX, cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss,
                             rpo_nll_loss, token_logprobs)
@@ -144,10 +145,15 @@ class DPOModule(StageModule):
 
     def on_fit_start(self) -> None:
         """With `precompute_ref_logprobs`: score the train and val data with the reference once, then free it."""
+        super().on_fit_start()
         if not self.precompute_ref_logprobs or self.ref_cache is not None:
             return
         datamodule = self.trainer.datamodule
-        self.ref_cache = self.precompute([datamodule.train_dataloader(), datamodule.val_dataloader()])
+        # All of the train data, in file order, on every rank: the training loader's order (and, under DDP, a
+        # rank's share) changes every epoch, and calling it here would also use up a resumed run's data position.
+        train = DataLoader(datamodule.datasets["train"], batch_size=datamodule.batch_size,
+                           collate_fn=datamodule.collator())
+        self.ref_cache = self.precompute([train, datamodule.val_dataloader()])
         self.set_frozen("reference", None)
 
     # ---------------------------------------------------------------------------------------------- loss

@@ -317,7 +317,8 @@ class PPOModule(StageModule):
             if self._generator_state is not None:
                 generator.set_state(self._generator_state)
             else:
-                generator.manual_seed(torch.initial_seed() + 1000003 * self.global_rank)
+                seed = torch.initial_seed() if self.base_seed is None else self.base_seed  # None outside fit
+                generator.manual_seed(seed + 1000003 * self.global_rank)
             self.generator = generator
         return self.generator
 
@@ -504,8 +505,7 @@ class PPOModule(StageModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Also store the KL coefficient and every rank's rollout generator state (gathered to rank 0)."""
         super().on_save_checkpoint(checkpoint)
-        state = self.rollout_generator().get_state()
-        states = self.all_gather(state.to(self.device)).cpu() if self.trainer.world_size > 1 else state[None]
+        states = self.gathered(self.rollout_generator().get_state())
         checkpoint[PPO_STATE_KEY] = {"kl_coef": self.kl.value, "generator_states": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -68,6 +68,11 @@ class PretrainLM(StageModule):
         if self.init_from:
             loaded = load_backbone(self.init_from)
             self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
+            data_tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+            if data_tokenizer is not None and (difference := self.tokenizer.difference(data_tokenizer)):
+                raise ValueError(f"the data module tokenized with another tokenizer than init_from {self.init_from}"
+                                 f": {difference} (here = the checkpoint's). Point the data module's `tokenizer` at "
+                                 f"the checkpoint's (`lit-llm export` writes its tokenizer.json)")
         else:
             self.tokenizer = self.trainer.datamodule.tokenizer
             self.model = Transformer(replace(self.backbone_config, vocab_size=self.tokenizer.vocab_size))
