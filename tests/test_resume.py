@@ -72,16 +72,11 @@ def metric_history(root: Path, after_step: int) -> dict[str, list[tuple[int, flo
 
 
 def kill_point(stage: str) -> tuple[int, bool, int, str]:
-    """(step to kill at, whether to kill while saving, global step of the checkpoint left behind, the seed)."""
+    """A random one of the stage's kill points (see `every_kill_point`), and the seed that drew it."""
     seed = os.environ.get("RESUME_TEST_SEED") or str(random.SystemRandom().randrange(10**6))
-    rng = random.Random(f"{seed}/{stage}")
-    per_batch = 2 if stage == "ppo" else 1  # PPO checkpoints after each rollout's 2 updates
-    during_save = rng.random() < 0.5
-    if during_save:  # die writing the checkpoint of a batch's end: the one before it is left
-        step = per_batch * rng.randrange(2, STEPS // per_batch)
-        return step, True, step - per_batch, seed
-    step = rng.randrange(per_batch, STEPS)  # die before update `step + 1`: the last batch end before it is left
-    return step, False, step - step % per_batch, seed
+    _, step, during_save, saved_step = random.Random(f"{seed}/{stage}").choice(
+        [point for point in every_kill_point() if point[0] == stage])
+    return step, during_save, saved_step, seed
 
 
 @pytest.fixture(scope="module")
@@ -99,28 +94,55 @@ def uninterrupted(tiny_pretrain: Path, reward_ckpt: str, token_cache: Path,
     return get
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo", "ppo"])
+STAGES = ["pretrain", "sft", "reward", "dpo", "ppo"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_killed_run_resumes_to_the_same_weights_and_metrics(stage: str, uninterrupted, tiny_pretrain: Path,
                                                             reward_ckpt: str, token_cache: Path,
                                                             tmp_path: Path) -> None:
     step, during_save, saved_step, seed = kill_point(stage)
     note = f"killed at step {step} ({'while saving' if during_save else 'mid-step'}; RESUME_TEST_SEED={seed})"
-    whole = uninterrupted(stage)
     args = resume_args(stage, tmp_path, ckpt(tiny_pretrain), reward_ckpt, token_cache)
+    kill_and_resume(args, uninterrupted(stage), tmp_path, step, during_save, saved_step, note)
+
+
+def every_kill_point() -> list[tuple[str, int, bool, int]]:
+    """(stage, step, during_save, step of the checkpoint left) for every place a run can be killed."""
+    points = []
+    for stage in STAGES:
+        per_batch = 2 if stage == "ppo" else 1
+        points += [(stage, step, False, step - step % per_batch) for step in range(per_batch, STEPS)]
+        points += [(stage, step, True, step - per_batch) for step in range(2 * per_batch, STEPS, per_batch)]
+    return points
+
+
+@pytest.mark.skipif(not os.environ.get("RESUME_TEST_ALL"), reason="all kill points: set RESUME_TEST_ALL=1 "
+                    "(about 15 minutes)")
+@pytest.mark.parametrize("stage,step,during_save,saved_step", every_kill_point())
+def test_every_kill_point_resumes_exactly(stage: str, step: int, during_save: bool, saved_step: int, uninterrupted,
+                                          tiny_pretrain: Path, reward_ckpt: str, token_cache: Path,
+                                          tmp_path: Path) -> None:
+    args = resume_args(stage, tmp_path, ckpt(tiny_pretrain), reward_ckpt, token_cache)
+    note = f"killed at step {step} ({'while saving' if during_save else 'mid-step'})"
+    kill_and_resume(args, uninterrupted(stage), tmp_path, step, during_save, saved_step, note)
+
+
+def kill_and_resume(args: list[str], whole: Path, root: Path, step: int, during_save: bool, saved_step: int,
+                    note: str) -> None:
+    """Kill a run at `step`, check what it left, resume it and compare it with the uninterrupted run `whole`."""
     proc = run_killed(args, step, during_save)
     assert proc.returncode == -9, f"{note}: the run was not killed\n{proc.stderr[-3000:]}"
-    saved = read_checkpoint(ckpt(tmp_path))  # whole, whatever the kill interrupted
+    saved = read_checkpoint(ckpt(root))  # whole, whatever the kill interrupted
     assert saved["global_step"] == saved_step, note
-    leftovers = list((tmp_path / "checkpoints").glob(".*.tmp-*"))
+    leftovers = list((root / "checkpoints").glob(".*.tmp-*"))
     assert bool(leftovers) == during_save, f"{note}: an interrupted write is to a temporary file: {leftovers}"
-    main(["fit", *args, f"--ckpt_path={ckpt(tmp_path)}"])
-    ours, reference = weights(tmp_path), weights(whole)
+    main(["fit", *args, f"--ckpt_path={ckpt(root)}"])
+    ours, reference = weights(root), weights(whole)
     assert ours.keys() == reference.keys()
-    assert not list((tmp_path / "checkpoints").glob(".*.tmp-*")), "stale temporary files are cleaned up"
+    assert not list((root / "checkpoints").glob(".*.tmp-*")), "stale temporary files are cleaned up"
     changed = [k for k in reference if not torch.equal(ours[k], reference[k])]
     assert not changed, f"{note}: weights differ from the uninterrupted run: {changed[:5]}"
-    resumed_from = saved["global_step"]
-    expected, got = metric_history(whole, resumed_from), metric_history(tmp_path, resumed_from)
+    expected, got = metric_history(whole, saved_step), metric_history(root, saved_step)
     differ = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
     assert not differ and got.keys() == expected.keys(), f"{note}: metrics after the resume differ: {differ}"
-
