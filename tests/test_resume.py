@@ -102,9 +102,8 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(stage: str, uninterr
                                                             reward_ckpt: str, token_cache: Path,
                                                             tmp_path: Path) -> None:
     step, during_save, saved_step, seed = kill_point(stage)
-    note = f"killed at step {step} ({'while saving' if during_save else 'mid-step'}; RESUME_TEST_SEED={seed})"
     args = resume_args(stage, tmp_path, ckpt(tiny_pretrain), reward_ckpt, token_cache)
-    kill_and_resume(args, uninterrupted(stage), tmp_path, step, during_save, saved_step, note)
+    kill_and_resume(args, uninterrupted(stage), tmp_path, step, during_save, saved_step, f"; RESUME_TEST_SEED={seed}")
 
 
 def every_kill_point() -> list[tuple[str, int, bool, int]]:
@@ -124,13 +123,13 @@ def test_every_kill_point_resumes_exactly(stage: str, step: int, during_save: bo
                                           tiny_pretrain: Path, reward_ckpt: str, token_cache: Path,
                                           tmp_path: Path) -> None:
     args = resume_args(stage, tmp_path, ckpt(tiny_pretrain), reward_ckpt, token_cache)
-    note = f"killed at step {step} ({'while saving' if during_save else 'mid-step'})"
-    kill_and_resume(args, uninterrupted(stage), tmp_path, step, during_save, saved_step, note)
+    kill_and_resume(args, uninterrupted(stage), tmp_path, step, during_save, saved_step)
 
 
 def kill_and_resume(args: list[str], whole: Path, root: Path, step: int, during_save: bool, saved_step: int,
-                    note: str) -> None:
+                    replay: str = "") -> None:
     """Kill a run at `step`, check what it left, resume it and compare it with the uninterrupted run `whole`."""
+    note = f"killed at step {step} ({'while saving' if during_save else 'mid-step'}{replay})"
     proc = run_killed(args, step, during_save)
     assert proc.returncode == -9, f"{note}: the run was not killed\n{proc.stderr[-3000:]}"
     saved = read_checkpoint(ckpt(root))  # whole, whatever the kill interrupted
