@@ -230,3 +230,21 @@ def test_ppo_gold_reward_with_a_shared_value_head_and_ptx(tiny_pretrain: Path, t
     assert 0.0 <= metrics["train/reward"] <= 1.0 and "train/ptx_loss" in metrics
     keys = read_checkpoint(ckpt(root))["state_dict"].keys()
     assert "value.weight" in keys and not any(k.startswith("value.backbone") for k in keys)
+
+
+def test_value_warmup_trains_the_value_model_and_leaves_the_policy(tiny_pretrain: Path, reward_ckpt: str,
+                                                                   tmp_path: Path) -> None:
+    root = tmp_path / "ppo-warmup"
+    main(["fit", *micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt, rollouts=1),
+          "--model.init_args.value_warmup_rollouts=1"])
+    state = read_checkpoint(ckpt(root))["state_dict"]
+    start = read_checkpoint(ckpt(tiny_pretrain))["state_dict"]
+    reward = read_checkpoint(reward_ckpt)["state_dict"]
+    policy = [k for k in state if k.startswith("model.")]
+    assert policy and all(torch.equal(state[k], start[k]) for k in policy)
+    assert not torch.equal(state["value.head.weight"], reward["head.weight"])
+    # after the warm-up the policy moves
+    main(["fit", *micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt, rollouts=2),
+          "--model.init_args.value_warmup_rollouts=1", f"--ckpt_path={ckpt(root)}"])
+    state = read_checkpoint(ckpt(root))["state_dict"]
+    assert not all(torch.equal(state[k], start[k]) for k in policy)

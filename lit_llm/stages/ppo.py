@@ -174,6 +174,8 @@ class PPOModule(StageModule):
         missing_eos_penalty: Subtracted from the score of responses without a stop token; None = off.
         whiten_advantages: Whiten advantages over the batch (all ranks).
         ptx_coef: Weight of the LM loss on the data module's pretraining blocks (PPO-ptx); needs data.ptx_source.
+        value_warmup_rollouts: Rollouts at the start that train only the value model (critic warm-up); the
+            policy's first updates then use a fitted baseline instead of a freshly initialised one.
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
         gold_eval_examples: Held-out task-world questions answered greedily at each validation; 0 disables it.
         gold_max_new_tokens: Tokens generated per gold question.
@@ -217,6 +219,7 @@ class PPOModule(StageModule):
         missing_eos_penalty: float | None = None,
         whiten_advantages: bool = True,
         ptx_coef: float = 0.0,
+        value_warmup_rollouts: int = 0,
         activation_checkpointing: bool = False,
         gold_eval_examples: int = 64,
         gold_max_new_tokens: int = 16,
@@ -247,6 +250,7 @@ class PPOModule(StageModule):
         self.entropy_coef, self.max_grad_norm = entropy_coef, max_grad_norm
         self.normalize_reward, self.reward_clip = normalize_reward, reward_clip
         self.missing_eos_penalty, self.whiten_advantages, self.ptx_coef = missing_eos_penalty, whiten_advantages, ptx_coef
+        self.value_warmup_rollouts = value_warmup_rollouts
         self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
         self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
         self.rollout_table_every, self.rollout_table_rows = rollout_table_every, rollout_table_rows
@@ -406,8 +410,10 @@ class PPOModule(StageModule):
             total = int(self.trainer.estimated_stepping_batches) * self.updates_per_rollout
         return configure_adamw(self, self.optim, total)
 
-    def minibatch_loss(self, mb: Rollout, ptx: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-        """The PPO loss of one mini-batch and its statistics."""
+    def minibatch_loss(self, mb: Rollout, ptx: Tensor | None, value_only: bool = False
+                       ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The PPO loss of one mini-batch and its statistics; `value_only` (critic warm-up) keeps the policy
+        terms in the graph at weight 0, so every parameter still gets a gradient (as DDP expects)."""
         logprobs, entropy, values = self.policy_and_values(mb.tokens, mb.attention_mask, mb.response)
         policy_loss, clipped = ppo_policy_loss(logprobs, mb.logprobs, mb.advantages, self.clip_range)
         value_loss = ppo_value_loss(values, mb.values, mb.returns, self.value_clip_range)
@@ -415,15 +421,23 @@ class PPOModule(StageModule):
                  "entropy": masked_mean(entropy, mb.mask), "clip_fraction": masked_mean(clipped.float(), mb.mask),
                  "approx_kl": 0.5 * masked_mean((logprobs - mb.logprobs) ** 2, mb.mask),
                  "ratio": masked_mean(torch.exp(logprobs - mb.logprobs), mb.mask)}
-        loss = stats["policy_loss"] + self.vf_coef * stats["value_loss"] - self.entropy_coef * stats["entropy"]
-        if ptx is not None and self.ptx_coef:
+        policy_terms = stats["policy_loss"] - self.entropy_coef * stats["entropy"]
+        loss = (0.0 if value_only else 1.0) * policy_terms + self.vf_coef * stats["value_loss"]
+        if ptx is not None and self.ptx_coef and not value_only:
             stats["ptx_loss"] = causal_lm_loss(self.model(ptx[:, :-1]), ptx[:, 1:])
             loss = loss + self.ptx_coef * stats["ptx_loss"]
         return loss, {k: v.detach() for k, v in stats.items()}
 
+    @property
+    def warming_up_value(self) -> bool:
+        """True during the first `value_warmup_rollouts` rollouts (counted in optimizer steps, so resume-safe)."""
+        return self.trainer.global_step < self.value_warmup_rollouts * self.updates_per_rollout
+
     def ppo_update(self, rollout: Rollout, ptx: Tensor | None) -> dict[str, float]:
-        """`ppo_epochs` passes over shuffled mini-batches; returns the mean of each statistic."""
+        """`ppo_epochs` passes over shuffled mini-batches; returns the mean of each statistic. During the value
+        warm-up the policy's gradients are dropped before each step, so AdamW leaves it (and its moments) as is."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        value_only = self.warming_up_value
         size = rollout.tokens.shape[0]
         n_mini = math.ceil(size / self.mini_batch_size)
         ptx_chunks = ptx.chunk(n_mini) if ptx is not None and self.ptx_coef else None
@@ -432,9 +446,13 @@ class PPOModule(StageModule):
             order = torch.randperm(size, generator=self.rollout_generator(), device=self.device)
             for i in range(n_mini):
                 mb = rollout.select(order[i * self.mini_batch_size : (i + 1) * self.mini_batch_size])
-                loss, stats = self.minibatch_loss(mb, ptx_chunks[i % len(ptx_chunks)] if ptx_chunks else None)
+                loss, stats = self.minibatch_loss(mb, ptx_chunks[i % len(ptx_chunks)] if ptx_chunks else None,
+                                                  value_only)
                 self.manual_backward(loss / self.gradient_accumulation_steps)
                 if (i + 1) % self.gradient_accumulation_steps == 0 or i + 1 == n_mini:
+                    if value_only:
+                        for param in self.model.parameters():
+                            param.grad = None
                     if self.max_grad_norm is not None:
                         self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm,
                                             gradient_clip_algorithm="norm")
