@@ -77,3 +77,22 @@ def test_malformed_json_line_is_named(tmp_path: Path) -> None:
     dm = TextDataModule(source=str(tmp_path / "docs.jsonl"), tokenizer="byte", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match=r"docs.jsonl:2: malformed JSON"):
         dm.setup()
+
+
+def test_a_checkpoint_lends_its_tokenizer_to_a_second_model(tiny_pretrain: Path, tmp_path: Path) -> None:
+    """`tokenizer: <.ckpt>` (a reward model's own pretraining must read the policy's tokens)."""
+    import torch
+
+    from lit_llm.checkpoint import load_backbone
+
+    ckpt = str(tiny_pretrain / "checkpoints" / "last.ckpt")
+    dm = TextDataModule(tokenizer=ckpt, num_docs=30, block_size=16, cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.tokenizer.to_json() == load_backbone(ckpt).tokenizer.to_json()
+    bpe = TextDataModule(num_docs=30, block_size=16, cache_dir=str(tmp_path / "cache"))
+    assert bpe._cache_folder() != dm._cache_folder()
+    foreign = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match=f"data.tokenizer: {foreign} is not a lit_llm checkpoint"):
+        TextDataModule(tokenizer=str(foreign), num_docs=30, cache_dir=str(tmp_path / "cache")).prepare_data()

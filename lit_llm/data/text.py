@@ -34,6 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from lit_llm.checkpoint import META_KEY, read_checkpoint
 from lit_llm.data.sampling import TrainOrderState, train_loader, world_of
 from lit_llm.data.sources import load_texts, source_fingerprint
 from lit_llm.data.tasks import make_examples, pretrain_corpus
@@ -128,8 +129,10 @@ class TextDataModule(TrainOrderState, pl.LightningDataModule):
         hub_name: Config name of a hub dataset.
         hub_split: Split of a hub dataset to read.
         tokenizer: "bpe" trains a byte-level BPE tokenizer on the training documents, "byte" uses the 256-byte
-            (character-level) tokenizer, anything else is a path to a tokenizer.json or its folder (its content
-            is part of the cache's fingerprint, so an edited tokenizer never reuses tokens of the old one).
+            (character-level) tokenizer, a `.ckpt` path reuses that lit_llm checkpoint's tokenizer (a second
+            model that must share another model's vocabulary, e.g. a larger reward model), anything else is a
+            path to a tokenizer.json or its folder (its content is part of the cache's fingerprint, so an edited
+            tokenizer never reuses tokens of the old one).
         vocab_size: Vocabulary size when training a BPE tokenizer.
         block_size: Tokens per training sequence (the model's context length during training).
         batch_size: Sequences per batch on each device.
@@ -177,6 +180,7 @@ class TextDataModule(TrainOrderState, pl.LightningDataModule):
         self.cache_dir, self.num_workers = Path(cache_dir), num_workers
         self.predict_prompts = predict_prompts
         self.tokenizer: Tokenizer | None = None
+        self._tokenizer_state: dict | None = None  # of a `.ckpt` tokenizer, read once
         self.fingerprint: str | None = None
         self.stats: dict[str, TextStats] = {}
         self.train_tokens: np.ndarray | None = None
@@ -196,9 +200,21 @@ class TextDataModule(TrainOrderState, pl.LightningDataModule):
             "num_docs": self.num_docs, "max_digits": self.max_digits, "seed": self.seed,
             "text_field": self.text_field, "hub": [self.hub_name, self.hub_split], "format": 1,
         }
-        if self.tokenizer_spec not in ("bpe", "byte"):  # an edited tokenizer file must not reuse stale tokens
+        if self.tokenizer_spec.endswith(".ckpt"):
+            state = json.dumps(self._checkpoint_tokenizer_state(), sort_keys=True)
+            options["tokenizer_files"] = [hashlib.sha256(state.encode()).hexdigest()]
+        elif self.tokenizer_spec not in ("bpe", "byte"):  # an edited tokenizer file must not reuse stale tokens
             options["tokenizer_files"] = [hashlib.sha256(f.read_bytes()).hexdigest() for f in self._tokenizer_files()]
         return options
+
+    def _checkpoint_tokenizer_state(self) -> dict:
+        """The tokenizer stored in the lit_llm checkpoint that `tokenizer` names (read once)."""
+        if self._tokenizer_state is None:
+            meta = read_checkpoint(self.tokenizer_spec).get(META_KEY) or {}
+            if "tokenizer" not in meta:
+                raise ValueError(f"data.tokenizer: {self.tokenizer_spec} is not a lit_llm checkpoint (no tokenizer)")
+            self._tokenizer_state = meta["tokenizer"]
+        return self._tokenizer_state
 
     def _tokenizer_files(self) -> list[Path]:
         """The files `Tokenizer.from_file` reads for a path `tokenizer`: tokenizer.json (+ tokenizer_config.json)."""
@@ -234,6 +250,8 @@ class TextDataModule(TrainOrderState, pl.LightningDataModule):
             return Tokenizer.train(train_docs, vocab_size=self.vocab_size_wanted)
         if self.tokenizer_spec == "byte":
             return Tokenizer.byte_level()
+        if self.tokenizer_spec.endswith(".ckpt"):
+            return Tokenizer.from_json(self._checkpoint_tokenizer_state())
         return Tokenizer.from_file(self._tokenizer_files()[0])
 
     def _build_cache(self, folder: Path) -> None:
