@@ -19,11 +19,18 @@ Outputs in `out`:
 With `min_reward`, the best response is kept for SFT only when its score reaches it (with the gold reward and
 min_reward 1: correct answers only, as in rejection-sampling fine-tuning); by default it is always kept.
 
+With `edited_pairs`, also `edited_pairs.jsonl`: for every distinct wrong sample (by the task's gold answer), the
+pair {chosen: the same answer sentence with the gold answer, rejected: the sample}, like Llama 3's edited
+responses. The two differ only in the answer, so a reward model trained on them cannot learn the policy's
+phrasing instead of correctness, and its negatives are the policy's own mistakes (reports/ppo.md).
+
 Deliberate simplifications: ties are broken by sampling order; the policy and reward model must share a tokenizer.
 """
 
 import argparse
 import json
+import random
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +39,7 @@ import torch
 
 from lit_llm.checkpoint import load_backbone
 from lit_llm.data.prompts import render_prompt
-from lit_llm.data.tasks import gold_reward, is_correct, ppo_prompts, write_jsonl
+from lit_llm.data.tasks import ANSWER_FORMATS, gold_reward, is_correct, ppo_prompts, write_jsonl
 from lit_llm.generation import Generation, generate, left_pad
 from lit_llm.tokenizer import Tokenizer
 from lit_llm.tracking import get_or_create_experiment, git_sha, resolve_tracking_uri
@@ -58,6 +65,7 @@ class RejectionStats:
     below_min_reward: int       # prompts whose best score was below `min_reward` (no SFT record)
     sample_gold_accuracy: float  # over all samples
     kept_gold_accuracy: float    # of the kept (best) responses
+    num_edited_pairs: int = 0    # lines of edited_pairs.jsonl (with `edited`)
 
 
 def gold_scorer(records: list[dict], texts: list[str], generation: Generation) -> torch.Tensor:
@@ -133,6 +141,27 @@ def select(records: list[dict], texts: list[list[str]], scores: torch.Tensor, n:
     return sft, pairs, stats
 
 
+def edited_answer(response: str, gold: str, rng: random.Random) -> str:
+    """The response's answer sentence with the gold answer in it (a random answer format when it has none)."""
+    text = response.strip()
+    if re.fullmatch(r"The answer is .*\.", text):
+        return f"The answer is {gold}."
+    if text and "\n" not in text and not text.lower().startswith("the answer"):
+        return gold
+    return rng.choice(ANSWER_FORMATS).format(gold)
+
+
+def edited_pairs(records: list[dict], texts: list[list[str]], seed: int) -> list[dict]:
+    """Every distinct wrong sample of a prompt against its gold-answer edit (see the module docstring)."""
+    rng, pairs = random.Random(seed), []
+    for rec, samples in zip(records, texts):
+        for sample in dict.fromkeys(samples):
+            if not is_correct(rec, sample):
+                pairs.append({"prompt": rec["prompt"], "chosen": edited_answer(sample, rec["answer"], rng),
+                              "rejected": sample, "task": rec["task"], "key": rec["key"], "answer": rec["answer"]})
+    return pairs
+
+
 def log_run(stats: RejectionStats, params: dict, out: Path, parent_run_id: str | None, experiment_name: str,
             run_name: str | None, tracking_uri: str | None) -> str:
     """Log the statistics as an MLflow run (child of the policy's run by tag); returns its id."""
@@ -147,8 +176,9 @@ def log_run(stats: RejectionStats, params: dict, out: Path, parent_run_id: str |
     run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     metrics = [Metric(f"rejection/{k}", float(v), 0, 0) for k, v in asdict(stats).items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
-    for name in ("stats.json", "sft.jsonl", "pairs.jsonl"):
-        client.log_artifact(run_id, str(out / name))
+    for name in ("stats.json", "sft.jsonl", "pairs.jsonl", "edited_pairs.jsonl"):
+        if (out / name).is_file():
+            client.log_artifact(run_id, str(out / name))
     client.set_terminated(run_id)
     return run_id
 
@@ -156,7 +186,7 @@ def log_run(stats: RejectionStats, params: dict, out: Path, parent_run_id: str |
 def rejection_sample(policy: str, reward: str, prompts: int, n: int, out: str | Path, temperature: float = 1.0,
                      max_new_tokens: int = 16, batch_size: int = 64, seed: int = 0, split: str = "train",
                      max_digits: int = 2, system_prompt: str | None = None, min_reward: float | None = None,
-                     experiment_name: str = "lit_llm",
+                     edited: bool = False, experiment_name: str = "lit_llm",
                      run_name: str | None = None, tracking_uri: str | None = None) -> dict:
     """Sample, score, select, write sft.jsonl / pairs.jsonl / stats.json and log the MLflow run.
 
@@ -175,13 +205,26 @@ def rejection_sample(policy: str, reward: str, prompts: int, n: int, out: str | 
     out = Path(out)
     write_jsonl(sft, out / "sft.jsonl")
     write_jsonl(pairs, out / "pairs.jsonl")
+    if edited:
+        edits = edited_pairs(records, texts, seed)
+        write_jsonl(edits, out / "edited_pairs.jsonl")
+        stats.num_edited_pairs = len(edits)
     result = asdict(stats)
     (out / "stats.json").write_text(json.dumps(result, indent=2))
     params = {"policy": policy, "reward": reward, "temperature": temperature, "max_new_tokens": max_new_tokens,
-              "seed": seed, "split": split, "max_digits": max_digits, "min_reward": min_reward}
+              "seed": seed, "split": split, "max_digits": max_digits, "min_reward": min_reward, "edited": edited}
     result["run_id"] = log_run(stats, params, out, loaded.run_id, experiment_name, run_name, tracking_uri)
     (out / "stats.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _flag(text: str) -> bool:
+    """A true/false command-line value (the pipeline writes `--key=value`)."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def main(argv: list[str]) -> None:
@@ -202,6 +245,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--min_reward", type=float, default=None,
                         help="keep a prompt's best response for SFT only when its score is at least this "
                              "(e.g. 1 with --reward gold: correct answers only); default: always keep it")
+    parser.add_argument("--edited_pairs", dest="edited", type=_flag, default=False, metavar="true|false",
+                        help="also write edited_pairs.jsonl: each wrong sample vs the same sentence with the gold "
+                             "answer (default false)")
     parser.add_argument("--experiment_name", default="lit_llm", help="MLflow experiment (default lit_llm)")
     parser.add_argument("--run_name", default=None, help="MLflow run name")
     parser.add_argument("--tracking_uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or "

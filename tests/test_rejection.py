@@ -14,7 +14,7 @@ from lit_llm.data.preference import PreferenceDataModule
 from lit_llm.data.sft import SFTDataModule
 from lit_llm.data.tasks import ppo_prompts, write_jsonl
 from lit_llm.generation import left_pad
-from lit_llm.rejection import reward_model_scorer, sample_and_score, select
+from lit_llm.rejection import edited_pairs, reward_model_scorer, sample_and_score, select
 from lit_llm.stages.reward import load_reward_model
 from lit_llm.tokenizer import Tokenizer
 
@@ -55,6 +55,22 @@ def test_written_files_load_in_the_sft_and_preference_data_modules(tmp_path: Pat
         dm.setup("fit")
     assert len(sft_dm.datasets["train"]) + len(sft_dm.datasets["val"]) == 10
     assert pref_dm.stats["train"].pairs + pref_dm.stats["val"].pairs == 10
+
+
+def test_edited_pairs_put_the_gold_answer_into_each_distinct_wrong_sample() -> None:
+    recs = records()
+    gold = [r["answer"] for r in recs]
+    texts = [[f"The answer is {gold[0]}.", "The answer is 999.", "The answer is 999."],  # one distinct wrong
+             ["999", "The answer is 998.", gold[1]],
+             ["", "It is 999", "It is 999"]]
+    pairs = edited_pairs(recs, texts, seed=0)
+    assert [(p["chosen"], p["rejected"]) for p in pairs[:3]] == [
+        (f"The answer is {gold[0]}.", "The answer is 999."), (gold[1], "999"),
+        (f"The answer is {gold[1]}.", "The answer is 998.")]
+    # no answer sentence to edit: the gold answer in one of the task world's formats
+    assert [p["rejected"] for p in pairs[3:]] == ["", "It is 999"]
+    assert all(p["chosen"] in (gold[2], f"The answer is {gold[2]}.") for p in pairs[3:])
+    assert all(p["key"] == r["key"] for p, r in zip(pairs, [recs[0], recs[1], recs[1], recs[2], recs[2]]))
 
 
 def fake_reward_checkpoint(pretrain_ckpt: str, path: Path) -> str:
@@ -100,8 +116,10 @@ def test_command_writes_data_stats_and_an_mlflow_run_parented_to_the_policy(tiny
     policy = str(tiny_pretrain / "checkpoints" / "last.ckpt")
     out = tmp_path / "samples"
     main(["rejection-sample", "--policy", policy, "--reward", "gold", "--prompts", "4", "--n", "2", "--out",
-          str(out), "--max_new_tokens", "4", "--experiment_name", "tests"])
+          str(out), "--max_new_tokens", "4", "--experiment_name", "tests", "--edited_pairs=true"])
     stats = json.loads((out / "stats.json").read_text())
+    edited = (out / "edited_pairs.jsonl").read_text().splitlines()
+    assert len(edited) == stats["num_edited_pairs"] > 0  # the micro policy gets most answers wrong
     assert stats["prompts"] == 4 and stats["samples_per_prompt"] == 2 and 0 <= stats["usable_pair_share"] <= 1
     assert (out / "sft.jsonl").exists() and (out / "pairs.jsonl").exists()
     run = MlflowClient(mlflow_db).get_run(stats["run_id"])
