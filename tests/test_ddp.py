@@ -38,7 +38,9 @@ def fit_ddp(args: list[str], timeout: int = 600) -> None:
 def test_ppo_under_ddp_each_rank_samples_its_own_rollouts(tiny_pretrain: Path, reward_ckpt: str,
                                                            tmp_path: Path) -> None:
     root = tmp_path / "ppo-ddp"
-    fit_ddp(micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt))
+    # the first rollout is a value warm-up: the policy's gradients are dropped after DDP has reduced them
+    fit_ddp([*micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt),
+             "--model.init_args.value_warmup_rollouts=1"])
     checkpoint = read_checkpoint(ckpt(root))
     states = checkpoint["lit_llm_ppo"]["generator_states"]
     assert states.shape[0] == 2 and not torch.equal(states[0], states[1])  # one generator per rank, distinct
