@@ -28,15 +28,21 @@ MICRO = {  # per stage of the tiny recipe: a smaller corpus, model and data
     "pretrain": [*GOLD, "--model.init_args.backbone.n_layer=2", "--model.init_args.backbone.d_model=64",
                  "--data.init_args.block_size=32", "--data.init_args.batch_size=8", "--data.init_args.val_samples=8"],
     "sft": SFT,
+    "judge-sft": SFT,
     "reward": ["--model.init_args.stats_prompts=8", "--data.init_args.num_pairs=24", "--data.init_args.num_ranked=8",
                "--data.init_args.num_val_pairs=8", "--data.init_args.num_val_ranked=4",
                "--data.init_args.batch_size=4"],
     "dpo": DPO,
+    "judge-reward-edited": ["--model.init_args.stats_prompts=8", "--data.init_args.batch_size=4",
+                            "--data.init_args.val_fraction=0.25"],
     "ppo": [*GOLD, "--model.init_args.max_new_tokens=6", "--model.init_args.ppo_epochs=1",
             "--model.init_args.mini_batch_size=4", "--data.init_args.num_prompts=32",
             "--data.init_args.num_val_prompts=4", "--data.init_args.batch_size=8"],
 }
+MICRO["judge-pretrain"] = [*MICRO["pretrain"], "--data.init_args.num_docs=100"]
+MICRO["judge-reward"] = MICRO["reward"]
 # the micro model answers nothing right, so gold-scored samples would all tie: score with the reward model
+JUDGE = ["judge-pretrain", "judge-sft", "judge-reward", "edited-pairs", "judge-reward-edited"]
 MICRO_SAMPLES = {"prompts": 8, "n": 2, "max_new_tokens": 4, "batch_size": 16}
 TIMING = ("tokens_per_s", "mfu", "timing.", "seconds", "time_")
 
@@ -62,6 +68,11 @@ def micro_recipe(rounds: int = 1) -> dict:
             stage["rejection"] = {**stage["rejection"], **MICRO_SAMPLES}
             stage["sft"]["overrides"], stage["dpo"]["overrides"] = SFT, DPO
     return raw
+
+
+def stage_of(raw: dict, name: str) -> dict:
+    """The recipe entry of the stage called `name`."""
+    return next(stage for stage in raw["stages"] if stage["name"] == name)
 
 
 def write_recipe(path: Path, raw: dict) -> Path:
@@ -115,14 +126,16 @@ def test_dry_run_prints_every_command_wired_by_path_and_runs_nothing(tmp_path: P
     root = tmp_path / "runs"
     main(["pipeline", "--config", str(recipe), "--root", str(root), "--experiment_name", "dry", "--dry_run"])
     out = capsys.readouterr().out
-    names = ["prepare", "pretrain", "sft", "reward", "ppo", "dpo-pairs", "dpo"] + [
+    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo"] + [
         f"llama3-r{r}-{part}" for r in (1, 2) for part in ("samples", "sft", "dpo")]
     assert [m.group(1) for m in re.finditer(r"^\s*\d+\. (\S+)", out, re.M)] == names
     assert out.count(" run   (") == len(names)
     ckpt = lambda stage: f"{root}/{stage}/checkpoints/last.ckpt"  # noqa: E731
     assert f"--data.init_args.source={root}/prepare" in out
     assert f"--model.init_args.init_from={ckpt('pretrain')} " in out  # sft
-    assert f"--model.init_args.reward_from={ckpt('reward')} " in out  # ppo
+    assert f"--data.init_args.tokenizer={ckpt('pretrain')}" in out  # the judge shares the policy's tokenizer
+    assert f"--model.init_args.reward_from={ckpt('judge-reward-edited')} " in out  # ppo
+    assert f"--data.init_args.source={root}/edited-pairs/edited_pairs.jsonl" in out
     assert f"--data.init_args.source={root}/dpo-pairs/pairs.jsonl" in out
     r1_dpo = f"{root}/llama3/round1/dpo/checkpoints/last.ckpt"
     assert f"--policy={r1_dpo} --reward={ckpt('reward')} --out={root}/llama3/round2/samples" in out
@@ -133,13 +146,13 @@ def test_dry_run_prints_every_command_wired_by_path_and_runs_nothing(tmp_path: P
 @pytest.mark.parametrize(("change", "message"), [
     (lambda r: r["stages"][2].update(init_frm="pretrain"), "stage 'sft': unknown key 'init_frm'; did you mean "
                                                            "'init_from'?"),
-    (lambda r: r["stages"][6].update(data="{nope}/pairs.jsonl"), "stage 'dpo', data: '{nope}' is not 'root' or an "
-                                                                 "earlier stage"),
-    (lambda r: r["stages"][6].update(data="{dpo}/pairs.jsonl"), "'{dpo}' is not 'root' or an earlier stage"),
+    (lambda r: stage_of(r, "dpo").update(data="{nope}/pairs.jsonl"), "stage 'dpo', data: '{nope}' is not 'root' "
+                                                                       "or an earlier stage"),
+    (lambda r: stage_of(r, "dpo").update(data="{dpo}/pairs.jsonl"), "'{dpo}' is not 'root' or an earlier stage"),
     (lambda r: r["stages"][2].update(init_from="prepare"), "'prepare' is a prepare stage, not a checkpoint"),
     (lambda r: r["stages"][3].update(name="sft"), "the name 'sft' is used twice"),
     (lambda r: r["stages"][1].update(kind="train"), "kind must be one of prepare, fit, rejection-sample, rounds"),
-    (lambda r: r["stages"][7].pop("sft"), "stage 'llama3': a rounds stage needs 'sft'"),
+    (lambda r: stage_of(r, "llama3").pop("sft"), "stage 'llama3': a rounds stage needs 'sft'"),
     (lambda r: r.update(stage=[]), "unknown key 'stage'; did you mean 'stages'?"),
 ])
 def test_recipe_errors_name_the_file_the_stage_and_the_key(tmp_path: Path, change, message: str) -> None:
@@ -155,10 +168,11 @@ def test_recipe_errors_name_the_file_the_stage_and_the_key(tmp_path: Path, chang
 
 def test_a_missing_stage_config_is_named_before_anything_runs(tmp_path: Path) -> None:
     raw = micro_recipe()
-    raw["stages"][4]["config"] = "configs/ppo/missing.yaml"  # the ppo stage
+    stage_of(raw, "ppo")["config"] = "configs/ppo/missing.yaml"
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", raw), root=str(tmp_path / "runs"))
-    assert "--model.init_args.reward_from=" + str(tmp_path / "runs/reward/checkpoints/last.ckpt") in \
-        recipe.stages[4].argv
+    ppo = next(stage for stage in recipe.stages if stage.name == "ppo")
+    assert "--model.init_args.reward_from=" + str(tmp_path / "runs/judge-reward-edited/checkpoints/last.ckpt") in \
+        ppo.argv
     with pytest.raises(PipelineError, match="stage 'ppo': config file not found: configs/ppo/missing.yaml"):
         plan(recipe)
 
@@ -179,7 +193,7 @@ def test_micro_pipeline_runs_every_stage_nested_with_lineage_and_a_report(pipeli
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"recipe.yaml", "stages.json", "commands.sh"} <= artifacts
     runs = stage_runs(client, pipeline_a["experiment"])
-    names = ["prepare", "pretrain", "sft", "reward", "ppo", "dpo-pairs", "dpo", "llama3-r1-samples",
+    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo", "llama3-r1-samples",
              "llama3-r1-sft", "llama3-r1-dpo"]
     assert sorted(runs) == sorted(names)
     for name, run in runs.items():
@@ -189,10 +203,12 @@ def test_micro_pipeline_runs_every_stage_nested_with_lineage_and_a_report(pipeli
         assert marker["run_id"] == run.info.run_id
     rid = {name: run.info.run_id for name, run in runs.items()}
     lineage = {"sft": "pretrain", "reward": "sft", "ppo": "sft", "dpo-pairs": "sft", "dpo": "sft", "llama3-r1-samples": "sft",
-               "llama3-r1-sft": "sft", "llama3-r1-dpo": "llama3-r1-sft"}
+               "llama3-r1-sft": "sft", "llama3-r1-dpo": "llama3-r1-sft", "judge-sft": "judge-pretrain",
+               "judge-reward": "judge-sft", "edited-pairs": "sft", "judge-reward-edited": "judge-reward"}
     for child, parent_stage in lineage.items():
         assert runs[child].data.tags["lit_llm.parent_run_id"] == rid[parent_stage], child
-    data = {"pretrain": "prepare", "dpo": "dpo-pairs", "llama3-r1-sft": "llama3-r1-samples",
+    data = {"pretrain": "prepare", "dpo": "dpo-pairs", "judge-reward-edited": "edited-pairs",
+            "llama3-r1-sft": "llama3-r1-samples",
             "llama3-r1-dpo": "llama3-r1-samples"}
     for child, data_stage in data.items():
         assert runs[child].data.tags["lit_llm.data_run_id"] == rid[data_stage], child
@@ -245,11 +261,13 @@ def test_a_second_run_skips_done_stages_and_a_stopped_stage_runs_again(pipeline_
 
     # a changed override re-runs that stage and those that read it
     raw = yaml.safe_load(Path(pipeline_a["args"][2]).read_text())
-    raw["stages"][3]["overrides"].append("--model.init_args.center_coef=0.02")  # reward
+    stage_of(raw, "reward")["overrides"].append("--model.init_args.center_coef=0.02")
     recipe = load_recipe(write_recipe(tmp_path / "changed.yaml", raw), root=str(root),
                          experiment_name=pipeline_a["experiment"])
     runs = {stage.name: why for stage, runs, why in plan(recipe) if runs}
-    assert runs == {"reward": "command, config or inputs changed", "ppo": "input reward runs",
+    # (the micro recipe scores every rejection-sample stage with the reward model, edited-pairs included)
+    assert runs == {"reward": "command, config or inputs changed", "edited-pairs": "input reward runs",
+                    "judge-reward-edited": "input edited-pairs runs", "ppo": "input judge-reward-edited runs",
                     "dpo-pairs": "input reward runs",
                     "dpo": "input dpo-pairs runs", "llama3-r1-samples": "input reward runs",
                     "llama3-r1-sft": "input llama3-r1-samples runs",
