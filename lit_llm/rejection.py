@@ -162,8 +162,8 @@ def edited_pairs(records: list[dict], texts: list[list[str]], seed: int) -> list
     return pairs
 
 
-def log_run(stats: RejectionStats, params: dict, out: Path, parent_run_id: str | None, experiment_name: str,
-            run_name: str | None, tracking_uri: str | None) -> str:
+def log_run(stats: RejectionStats, params: dict, out: Path, files: list[str], parent_run_id: str | None,
+            experiment_name: str, run_name: str | None, tracking_uri: str | None) -> str:
     """Log the statistics as an MLflow run (child of the policy's run by tag); returns its id."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
@@ -176,9 +176,8 @@ def log_run(stats: RejectionStats, params: dict, out: Path, parent_run_id: str |
     run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     metrics = [Metric(f"rejection/{k}", float(v), 0, 0) for k, v in asdict(stats).items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
-    for name in ("stats.json", "sft.jsonl", "pairs.jsonl", "edited_pairs.jsonl"):
-        if (out / name).is_file():
-            client.log_artifact(run_id, str(out / name))
+    for name in files:
+        client.log_artifact(run_id, str(out / name))
     client.set_terminated(run_id)
     return run_id
 
@@ -213,7 +212,8 @@ def rejection_sample(policy: str, reward: str, prompts: int, n: int, out: str | 
     (out / "stats.json").write_text(json.dumps(result, indent=2))
     params = {"policy": policy, "reward": reward, "temperature": temperature, "max_new_tokens": max_new_tokens,
               "seed": seed, "split": split, "max_digits": max_digits, "min_reward": min_reward, "edited": edited}
-    result["run_id"] = log_run(stats, params, out, loaded.run_id, experiment_name, run_name, tracking_uri)
+    files = ["stats.json", "sft.jsonl", "pairs.jsonl"] + (["edited_pairs.jsonl"] if edited else [])
+    result["run_id"] = log_run(stats, params, out, files, loaded.run_id, experiment_name, run_name, tracking_uri)
     (out / "stats.json").write_text(json.dumps(result, indent=2))
     return result
 
