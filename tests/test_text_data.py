@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from lit_llm.checkpoint import load_backbone
 from lit_llm.data.text import PackedBlocks, RandomWindows, TextDataModule, read_tokens, token_dtype, write_tokens
 
 
@@ -81,10 +83,6 @@ def test_malformed_json_line_is_named(tmp_path: Path) -> None:
 
 def test_a_checkpoint_lends_its_tokenizer_to_a_second_model(tiny_pretrain: Path, tmp_path: Path) -> None:
     """`tokenizer: <.ckpt>` (a reward model's own pretraining must read the policy's tokens)."""
-    import torch
-
-    from lit_llm.checkpoint import load_backbone
-
     ckpt = str(tiny_pretrain / "checkpoints" / "last.ckpt")
     dm = TextDataModule(tokenizer=ckpt, num_docs=30, block_size=16, cache_dir=str(tmp_path / "cache"))
     dm.prepare_data()

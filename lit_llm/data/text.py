@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_llm.checkpoint import META_KEY, read_checkpoint
+from lit_llm.checkpoint import checkpoint_stage_meta, read_checkpoint
 from lit_llm.data.sampling import TrainOrderState, train_loader, world_of
 from lit_llm.data.sources import load_texts, source_fingerprint
 from lit_llm.data.tasks import make_examples, pretrain_corpus
@@ -210,9 +210,10 @@ class TextDataModule(TrainOrderState, pl.LightningDataModule):
     def _checkpoint_tokenizer_state(self) -> dict:
         """The tokenizer stored in the lit_llm checkpoint that `tokenizer` names (read once)."""
         if self._tokenizer_state is None:
-            meta = read_checkpoint(self.tokenizer_spec).get(META_KEY) or {}
-            if "tokenizer" not in meta:
-                raise ValueError(f"data.tokenizer: {self.tokenizer_spec} is not a lit_llm checkpoint (no tokenizer)")
+            try:
+                meta = checkpoint_stage_meta(read_checkpoint(self.tokenizer_spec), self.tokenizer_spec)
+            except ValueError as err:
+                raise ValueError(f"data.tokenizer: {err}") from None
             self._tokenizer_state = meta["tokenizer"]
         return self._tokenizer_state
 
