@@ -8,7 +8,10 @@ Python values (stage name, model config, tokenizer JSON, MLflow run id), so ever
 tokenizer from either one of our checkpoints or a Hugging Face Llama-format directory.
 """
 
+import io
 import os
+import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,34 +55,184 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / SHARDED_META_FILE).is_file()
 
 
-def read_sharded_checkpoint(path: Path) -> dict:
-    """Consolidate an FSDP sharded checkpoint directory into the usual checkpoint dict, in memory.
+# What torch.distributed.checkpoint pickles into a `.metadata` file (checked against torch 2.4-2.13): its metadata
+# dataclasses, torch.Size, dtypes, layouts, memory formats and the checkpoint's path. Nothing else is constructed.
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+_DCP_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+              ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+              ("collections", "OrderedDict")}
 
-    Uses Lightning's own reader (what `python -m lightning.pytorch.utilities.consolidate_checkpoint` runs).
-    Note torch.distributed.checkpoint stores the shard index (`.metadata`) as a pickle: read sharded directories
-    of your own runs only, and share weights as `lit-llm export` directories (safetensors).
+
+class _DCPMetadataUnpickler(pickle.Unpickler):
+    """Reads a `.metadata` pickle with a closed list of constructible classes (the "restricting globals" recipe of
+    Python's pickle documentation): any other global, the only way a pickle can call code, is refused before it
+    is looked up, so a crafted file fails without running anything."""
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module, name) in _DCP_NAMES or (module in _DCP_MODULES and not name.startswith("__"))
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format)):
+            allowed = True
+        if not allowed:
+            raise pickle.UnpicklingError(f"{self.path}: refusing to load '{module}.{name}': not one of the "
+                                         f"classes torch.distributed.checkpoint writes (nothing was run)")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError(f"{self.path}: unexpected persistent id in a checkpoint index")
+
+
+def read_sharded_metadata(path: Path) -> Any:
+    """The `.metadata` index of a sharded checkpoint directory, read without running code (see above)."""
+    index = path / ".metadata"
+    if not index.is_file():
+        raise ValueError(f"{path} has {SHARDED_META_FILE} but no .metadata index: not a complete sharded checkpoint")
+    with open(index, "rb") as f:
+        return _DCPMetadataUnpickler(f, index).load()
+
+
+def _byte_items(path: Path, metadata: Any) -> Iterator[tuple[str, bytes]]:
+    """(key, raw bytes) of every non-tensor entry of a sharded checkpoint, with its file kept inside `path`."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    root = path.resolve()
+    for index, info in metadata.storage_data.items():
+        if not isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue
+        shard = (path / info.relative_path).resolve()
+        if root not in shard.parents or getattr(info, "transform_descriptors", None):
+            raise ValueError(f"{path}: entry {index.fqn!r} points outside the folder or is transformed "
+                             f"({info.relative_path!r})")
+        with open(shard, "rb") as f:
+            f.seek(info.offset)
+            yield index.fqn, f.read(info.length)
+
+
+def verify_sharded_checkpoint(path: Path) -> None:
+    """Refuse a sharded checkpoint directory unless every pickled part of it is plain data, before anything else
+    reads it: the index (restricted unpickler), each non-tensor entry and meta.pt (`torch.load(weights_only=True)`).
+
+    Lightning's FSDP resume reads these parts with unrestricted pickle; checking them first, the same way the
+    shards' tensors are read, means a crafted folder fails here without running code.
     """
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    try:
+        metadata = read_sharded_metadata(path)
+        for key, raw in _byte_items(path, metadata):
+            _load_plain(io.BytesIO(raw), f"{path}: entry {key!r}")
+        _load_plain(path / SHARDED_META_FILE, str(path / SHARDED_META_FILE))
+    except (pickle.UnpicklingError, ValueError, OSError, EOFError, AttributeError, TypeError) as err:
+        raise ValueError(f"cannot read sharded checkpoint {path}: {err}") from None
+
+
+def _load_plain(source: Any, what: str) -> Any:
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{what} holds objects that are not plain data; refused so that no checkpoint can run "
+                         f"code ({str(err).splitlines()[0]})") from None
+
+
+def verify_checkpoint_directory(path: Path) -> None:
+    """Before a strategy's own loader reads a checkpoint directory (Lightning's FSDP resume, DeepSpeed's), check
+    that every pickled file in it is plain data; a crafted folder then fails here, before any of it is unpickled.
+
+    An FSDP sharded directory is checked as above; any other directory (DeepSpeed's layout) file by file with
+    `torch.load(weights_only=True)`, so a DeepSpeed checkpoint holding DeepSpeed objects (an fp16 loss scaler)
+    is refused too (use bf16, or FSDP).
+    """
+    if is_sharded_checkpoint(path):
+        return verify_sharded_checkpoint(path)
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".pt", ".ckpt", ".bin")):
+        _load_plain(file, str(file))
+
+
+def guard_strategy_loads(strategy: Any) -> None:
+    """Make `strategy.load_checkpoint` verify a checkpoint directory (`verify_checkpoint_directory`) before the
+    strategy reads it. Files go through `SafeCheckpointIO`; directories bypass it under FSDP and DeepSpeed."""
+    load = strategy.load_checkpoint
+
+    def guarded(checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict:
+        if "://" not in str(checkpoint_path) and Path(checkpoint_path).is_dir():
+            verify_checkpoint_directory(Path(checkpoint_path))
+        return load(checkpoint_path, *args, **kwargs)
+
+    strategy.load_checkpoint = guarded
+
+
+def read_sharded_checkpoint(path: Path) -> dict:
+    """Consolidate an FSDP sharded checkpoint directory into the usual checkpoint dict, in memory, without
+    unpickling anything: torch.distributed.checkpoint's reader with the restricted index reader above, and
+    non-tensor entries (tensors are always) read with `torch.load(weights_only=True)`."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            metadata = read_sharded_metadata(path)
+            if getattr(metadata, "storage_meta", None) is not None:
+                metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class SafePlanner(_EmptyStateDictLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:  # DefaultLoadPlanner's, weights only
+            fqn = read_item.dest_index.fqn
+            obj = _load_plain(value, f"{path}: entry {fqn!r}")
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[fqn] = obj
+
+    verify_sharded_checkpoint(path)
+    checkpoint: dict[str, Any] = {}
+    _load_state_dict(checkpoint, storage_reader=SafeReader(path), planner=SafePlanner(), no_dist=True)
+    checkpoint.update(_load_plain(path / SHARDED_META_FILE, str(path / SHARDED_META_FILE)))
+    return _format_sharded(checkpoint)
+
+
+def _format_sharded(checkpoint: dict) -> dict:
+    """Lightning's layout of a consolidated sharded checkpoint: "model" -> "state_dict", "optimizer_N" ->
+    "optimizer_states" (what `lightning.pytorch.utilities.consolidate_checkpoint` does)."""
     from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
 
-    return _format_checkpoint(_load_distributed_checkpoint(path))
+    return _format_checkpoint(checkpoint)
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint file safely (`weights_only=True`), or an FSDP sharded directory, with errors that name it."""
     path = Path(path)
     if is_sharded_checkpoint(path):
-        try:
-            return read_sharded_checkpoint(path)
-        except Exception as err:
-            raise ValueError(f"cannot read sharded checkpoint {path}: {err}") from err
+        return read_sharded_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read checkpoint {path}: empty file (0 bytes; a write that never happened?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, ...
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot read checkpoint {path} (truncated, not a checkpoint, or it holds objects that "
-                         f"are not plain data, which are refused so that no checkpoint can run code): {err}") from err
+                         f"are not plain data, which are refused so that no checkpoint can run code): {cause}"
+                         ) from err
+
+
+def checkpoint_origin(path: str | Path) -> tuple[str | None, str | None]:
+    """(MLflow run, stage) that wrote a checkpoint, read without loading its tensors ((None, None) when unreadable:
+    the real load reports why)."""
+    path = Path(path)
+    try:
+        if is_sharded_checkpoint(path):
+            verify_sharded_checkpoint(path)
+            meta = torch.load(path / SHARDED_META_FILE, map_location="cpu", weights_only=True)
+        else:
+            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return meta[META_KEY].get("mlflow_run_id"), meta[META_KEY].get("stage")
+    except Exception:
+        return None, None
 
 
 def atomic_save(checkpoint: dict, path: str | Path) -> None:
