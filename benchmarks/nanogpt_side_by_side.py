@@ -186,7 +186,7 @@ def speed_rounds(args: argparse.Namespace, dataset: str) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout (its train.py); required")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
     p.add_argument("--speed-steps", type=int, default=300)

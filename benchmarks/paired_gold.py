@@ -36,7 +36,7 @@ def paired(model: list[float], base: list[float]) -> tuple[float, float, int, in
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="baseline first")
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--n", type=int, default=512, help="questions (make_examples(n, split, seed=0))")

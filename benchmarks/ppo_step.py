@@ -44,7 +44,7 @@ class TimingRecorder(pl.Callback):
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, help="policy checkpoint (SFT)")
     p.add_argument("--reward", default="gold", help="reward checkpoint, or gold")
     p.add_argument("--rollouts", type=int, default=11, help="PPO iterations (the first is a warm-up)")

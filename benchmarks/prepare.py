@@ -33,7 +33,7 @@ STEP_ORDER = ("read", "normalize", "quality", "language", "blocklist", "exact_de
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shakespeare", default="/work/shared/data/tinyshakespeare.txt")
     p.add_argument("--task-docs", type=int, default=20000, help="task-world documents to generate")
     p.add_argument("--num-proc", type=int, nargs="+", default=[1, 2], help="one timed run per value")

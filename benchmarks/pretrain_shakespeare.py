@@ -70,7 +70,7 @@ Machine: {os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version_
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/tinyshakespeare.txt")
     parser.add_argument("--root", default="runs/pretrain-shakespeare")
     parser.add_argument("--steps", type=int, default=None, help="override max_steps (for a quick look)")

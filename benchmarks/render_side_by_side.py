@@ -89,7 +89,7 @@ def generation_section(result: dict) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speed", required=True)
     p.add_argument("--model-only", required=True, help="JSON of a --model-only-rounds run")
     p.add_argument("--loss", required=True)

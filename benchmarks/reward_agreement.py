@@ -35,7 +35,7 @@ from lit_llm.stages.reward import load_reward_model
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reward", default="runs/reward-tiny/checkpoints/last.ckpt", help="reward-stage checkpoint")
     p.add_argument("--sft", default="runs/sft-tiny/checkpoints/last.ckpt", help="policy that samples responses")
     p.add_argument("--prompts", type=int, default=200, help="held-out questions")

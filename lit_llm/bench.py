@@ -121,7 +121,7 @@ def default_settings(device: str, quick: bool) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lit-llm bench", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     p.add_argument("--dtype", choices=list(DTYPES), default=None,

@@ -7,61 +7,40 @@ Other commands (`generate`, `export`, ...) are plain functions registered in `CO
 """
 
 import difflib
-import inspect
 import logging
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 
 import yaml
 from jsonargparse import lazy_instance
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_llm.callbacks import (NonFiniteGuard, PredictionWriter, RunMetadata, SampleGenerations, StageCheckpoint,
                                Throughput)
-from lit_llm.checkpoint import SafeCheckpointIO
+from lit_llm.hints import exit_with_error
+from lit_llm.progress import Progress, StepProgressBar
+from lit_llm.checkpoint import SafeCheckpointIO, checkpoint_origin, guard_strategy_loads
 from lit_llm.stages.base import StageModule
 from lit_llm.tracking import MLflowLogger
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-def _accepted(class_path: str) -> list[str]:
-    """Parameter names of a class named by its import path (empty when it cannot be imported)."""
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(__import__(module_name, fromlist=[name]), name)
-        return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-    except (ImportError, AttributeError, ValueError, TypeError):
-        return []
-
-
-def unknown_key_hints(message: str, keys_of: Callable[[str], list[str]]) -> list[str]:
-    """One "did you mean" line per unknown key that jsonargparse's error message names."""
-    hints, owner = [], None
-    for line in message.splitlines():
-        if m := re.search(r"class_path '([\w.]+)'", line):
-            owner = m.group(1)
-        if m := re.search(r"Option '([\w.]+)' is not accepted", line):
-            valid = _accepted(owner) if owner else []
-            close = difflib.get_close_matches(m.group(1), valid, n=1, cutoff=0.5)
-            where = f" of {owner}" if owner else ""
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-            hints.append(f"unknown key '{m.group(1)}'{where}{hint}")
-        if m := re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", line):
-            key = m.group(1) or m.group(2)
-            close = difflib.get_close_matches(key, keys_of(key), n=1, cutoff=0.5)
-            hints.append(f"unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
-    return hints
-
-
 class LitLLMArgumentParser(LightningArgumentParser):
-    """Lightning's parser, whose errors about unknown config keys name the closest valid key first."""
+    """Lightning's parser without prefix abbreviations (`--trainer.max_step` is not `max_steps`), whose errors are
+    one line naming the nearest valid key (`lit_llm.hints`), without the usage (`--help` shows it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def option_keys(self, message: str) -> list[str]:
         """Option names of the subcommand parser the message is about (or of this parser)."""
@@ -73,10 +52,11 @@ class LitLLMArgumentParser(LightningArgumentParser):
         return [a.dest for a in parser._actions if isinstance(getattr(a, "dest", None), str)]
 
     def error(self, message: str, ex: Exception | None = None):
-        hints = unknown_key_hints(message, lambda key: self.option_keys(message))
-        if hints:
-            message = "\n".join(hints) + "\n\ndetails:\n" + message
-        return super().error(message, ex)
+        if not self.exit_on_error:  # an inner parser: jsonargparse collects its message into the outer one's
+            return super().error(message, ex)
+        subcommand = getattr(ex, "subcommand_parser", None)
+        prog = (subcommand or self).prog.replace(" [options]", "")
+        exit_with_error(prog, message, lambda key: self.option_keys(message))
 
 
 class LitLLMCLI(LightningCLI):
@@ -92,7 +72,7 @@ class LitLLMCLI(LightningCLI):
             trainer_defaults={"logger": lazy_instance(MLflowLogger)},
             seed_everything_default=0,
             auto_configure_optimizers=False,
-            parser_kwargs={"parser_mode": "yaml"},
+            parser_kwargs={"parser_mode": "yaml", "prog": "lit-llm"},
             parser_class=LitLLMArgumentParser,
             args=args,
             run=run,
@@ -130,10 +110,35 @@ class LitLLMCLI(LightningCLI):
             callbacks.append(StageCheckpoint())
         if not any(isinstance(c, NonFiniteGuard) for c in configured):
             callbacks.append(NonFiniteGuard())
+        if not any(isinstance(c, Progress) for c in configured):
+            callbacks.append(Progress())
+        if config.trainer.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in configured):
+            callbacks.append(StepProgressBar())
         trainer = super().instantiate_trainer(**kwargs, callbacks=configured + callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own or a sharded one
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        guard_strategy_loads(trainer.strategy)
+        for callback in trainer.checkpoint_callbacks:  # known now, so that --ckpt_path=last finds last.ckpt
+            if isinstance(callback, StageCheckpoint) and callback.dirpath is None:
+                callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        self.continue_resumed_run(trainer, config)
         return trainer
+
+    def continue_resumed_run(self, trainer: Any, config: Any) -> None:
+        """A run resumed from a checkpoint of its own stage logs into the MLflow run that wrote it (one run per
+        stage, whole curves), when that run is in the logger's store; otherwise a new run starts."""
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+        if not ckpt_path or not os.path.exists(ckpt_path):
+            return
+        run_id, stage = checkpoint_origin(ckpt_path)
+        if not run_id or stage != getattr(self.model, "stage", None):  # another stage's: refused when loaded
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, MLflowLogger) and logger.continue_run(run_id):
+                print(f"resuming MLflow run {run_id} from {ckpt_path}", file=sys.stderr)
 
 
 class _DropTips(logging.Filter):

@@ -15,7 +15,7 @@ from lit_llm.evaluation import generate_texts
 
 def generate_command(argv: list[str]) -> None:
     """Sample a completion from a checkpoint or Hugging Face Llama directory."""
-    parser = argparse.ArgumentParser(prog="lit-llm generate", description=generate_command.__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm generate", description=generate_command.__doc__)
     parser.add_argument("source", help="a lit_llm .ckpt of any stage, or a Hugging Face Llama-format directory")
     parser.add_argument("--prompt", required=True, action="append",
                         help="prompt text; repeat the flag for a batch of prompts")
@@ -50,7 +50,7 @@ def export_command(argv: list[str]) -> None:
     """Write a checkpoint's backbone and tokenizer as a Hugging Face Llama-format directory."""
     from lit_llm.hf import export_hf
 
-    parser = argparse.ArgumentParser(prog="lit-llm export", description=export_command.__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm export", description=export_command.__doc__)
     parser.add_argument("checkpoint", help="a lit_llm .ckpt of any stage")
     parser.add_argument("out_dir", help="directory to write config.json, model.safetensors, tokenizer.json, ...")
     args = parser.parse_args(argv)

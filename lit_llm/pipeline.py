@@ -12,7 +12,10 @@ rejection-sample stage), so every stage's command can be printed and re-run by h
 Resume: when a stage ends, the pipeline writes its marker `<root>/.pipeline/<stage>.json` (the stage's key and
 run id). The key hashes the stage's command, its config files' bytes and the run ids of the stages it reads. A
 stage whose marker has the same key and whose outputs exist is skipped; otherwise it runs, and so does every stage
-that reads it. A checkpoint alone proves nothing: Lightning writes last.ckpt during training too.
+that reads it. A checkpoint alone proves nothing: Lightning writes last.ckpt during training too. A training stage
+stopped half-way (SIGTERM or Ctrl-C, which write last.ckpt first; a crash) left `<stage>.started.json` with its key:
+run with the same key, it resumes from its last.ckpt (`--ckpt_path`), exactly where it stopped. SIGTERM during
+any other stage stops it as Ctrl-C does; the pipeline exits 143 (130 for Ctrl-C) with its MLflow run KILLED.
 
 MLflow: all stages log to the recipe's experiment. The pipeline is a run of its own (tag lit_llm.stage=pipeline,
 kept across resumes in `<root>/.pipeline/pipeline.json`; changed stage commands start a new one); each stage run is
@@ -22,8 +25,8 @@ stage table (`stages.json`: name, kind, command, run id, seconds, load, ran or r
 `lit-llm report` reads them.
 
 Deliberate simplifications: stages run one after another in this process (no parallel branches); an interrupted
-stage restarts from its beginning; files outside the pipeline (e.g. an `init_from` path that is not a stage) are
-not part of a stage's key.
+data stage (prepare, rejection-sample) restarts from its beginning; files outside the pipeline (e.g. an
+`init_from` path that is not a stage) are not part of a stage's key.
 """
 
 import argparse
@@ -33,8 +36,12 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +67,18 @@ STATE_DIR = ".pipeline"
 
 class PipelineError(Exception):
     """A recipe that cannot run, or a stage that failed; the message names the file, stage and key."""
+
+
+STOP_CODES = (130, 143)  # a stage stopped on Ctrl-C or SIGTERM after writing its last.ckpt (StopRequested)
+
+
+class PipelineStopped(PipelineError):
+    """A stage stopped on SIGTERM or Ctrl-C; running the pipeline again resumes it."""
+
+    def __init__(self, code: int, stage: str) -> None:
+        super().__init__(f"stopped during stage '{stage}'; run the same command again to go on (a training stage "
+                         f"resumes from its last.ckpt)")
+        self.code = code
 
 
 # ------------------------------------------------------------------------------------------------- the recipe
@@ -338,6 +357,24 @@ def marker_path(recipe: Recipe, stage: Stage) -> Path:
     return recipe.state_dir / f"{stage.name}.json"
 
 
+def started_path(recipe: Recipe, stage: Stage) -> Path:
+    """Written when a stage starts, removed when it ends: a stage stopped half-way keeps it."""
+    return recipe.state_dir / f"{stage.name}.started.json"
+
+
+def resumable_checkpoint(recipe: Recipe, stage: Stage, runs: dict[str, str | None]) -> Path | None:
+    """The last.ckpt of a fit stage stopped half-way (SIGTERM, a crash) by the same command with the same inputs:
+    the stage resumes from it (exactly: `tests/test_resume.py`) instead of starting again."""
+    started = started_path(recipe, stage)
+    if stage.kind != "fit" or not started.is_file() or not stage.output.is_file():
+        return None
+    try:
+        key = json.loads(started.read_text()).get("key")
+    except json.JSONDecodeError:
+        return None
+    return stage.output if key == stage_key(stage, runs) else None
+
+
 def read_marker(recipe: Recipe, stage: Stage) -> dict | None:
     path = marker_path(recipe, stage)
     try:
@@ -384,6 +421,8 @@ def plan(recipe: Recipe) -> list[tuple[Stage, bool, str]]:
             continue
         if upstream:
             why = f"input {', '.join(upstream)} runs"
+        elif resumable_checkpoint(recipe, stage, runs) is not None:
+            why = f"resumes from {stage.output}, where it was stopped"
         elif read_marker(recipe, stage) is None:
             why = "not run yet"
         elif missing := [str(p) for p in stage.outputs if not p.exists()]:
@@ -431,17 +470,21 @@ def stage_tags(recipe: Recipe, stage: Stage, pipeline_run_id: str | None, runs: 
     return tags
 
 
-def execute(stage: Stage, tags: dict[str, str]) -> None:
-    """Run one stage's command in this process; a failure names the stage and its command."""
+def execute(stage: Stage, tags: dict[str, str], resume_from: Path | None = None) -> None:
+    """Run one stage's command in this process (from `resume_from` when given); a failure names the stage and its
+    command, a stop on a signal is `PipelineStopped`."""
     from lit_llm.cli import main as cli_main
 
-    argv = list(stage.argv)
+    argv = list(stage.argv) + ([f"--ckpt_path={resume_from}"] if resume_from else [])
     if stage.kind == "fit":  # tags at creation, so a running or failed stage already shows under the pipeline
         argv.append(f"--trainer.logger.init_args.tags={json.dumps(tags)}")
-    print(f"\n=== stage {stage.name}: {stage.command}", flush=True)
+    print(f"\n=== stage {stage.name}: {shlex.join(['lit-llm', *argv[:len(stage.argv) + bool(resume_from)]])}",
+          flush=True)
     try:
         cli_main(argv)
     except SystemExit as exc:
+        if exc.code in STOP_CODES:
+            raise PipelineStopped(exc.code, stage.name) from exc
         if exc.code not in (0, None):
             raise PipelineError(f"stage '{stage.name}' failed ({exc.code}); its command: {stage.command}") from exc
     missing = [str(p) for p in stage.outputs if not p.exists()]
@@ -455,9 +498,11 @@ def run_stage(recipe: Recipe, stage: Stage, tracker: "PipelineRun | None", runs:
     key = stage_key(stage, runs)
     marker = marker_path(recipe, stage)
     marker.unlink(missing_ok=True)  # a stage being re-run is not done until it ends
+    resume_from = resumable_checkpoint(recipe, stage, runs)
+    write_json_atomic(started_path(recipe, stage), {"key": key, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # was the machine shared? (wall times)
     start = time.perf_counter()
-    execute(stage, tags)
+    execute(stage, tags, resume_from)
     seconds = time.perf_counter() - start
     run_id = stage_run_id(stage)
     if tracker and run_id and stage.kind != "fit":  # prepare and rejection-sample take no tags: add them now
@@ -465,11 +510,19 @@ def run_stage(recipe: Recipe, stage: Stage, tracker: "PipelineRun | None", runs:
     row = {"name": stage.name, "kind": stage.kind, "run_id": run_id, "seconds": round(seconds, 1),
            "load_avg_1m": load, "command": stage.command, "dir": str(stage.dir), "inputs": stage.inputs, "key": key,
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    tmp.replace(marker)  # atomic: a marker is whole or absent
+    if resume_from:
+        row["resumed_from"] = str(resume_from)
+    write_json_atomic(marker, row)
+    started_path(recipe, stage).unlink(missing_ok=True)
     return {**row, "status": "ran"}
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """A marker is whole or absent, whatever kills the pipeline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
 
 
 class PipelineRun:
@@ -575,7 +628,7 @@ def run_pipeline(recipe: Recipe, dry_run: bool = False, report: bool = True) -> 
                 print(f"\n=== stage {stage.name}: done, reusing run {str(marker.get('run_id'))[:8]}", flush=True)
             runs[stage.name] = row["run_id"]
             tracker.record(row)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, PipelineStopped):
         tracker.end("KILLED")
         raise
     except BaseException:
@@ -605,7 +658,7 @@ def finish_report(recipe: Recipe, pipeline_run_id: str) -> None:
 # -------------------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> None:
     """Run a pipeline recipe: its stages in order, skipping those already done, under one MLflow pipeline run."""
-    parser = argparse.ArgumentParser(prog="lit-llm pipeline", description=main.__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm pipeline", description=main.__doc__)
     parser.add_argument("--config", required=True, help="recipe, e.g. configs/pipeline/tiny.yaml")
     parser.add_argument("--dry_run", action="store_true", help="print the plan and each stage's command; run nothing")
     parser.add_argument("--root", default=None, help="output folder of the stages (default: the recipe's root)")
@@ -618,6 +671,27 @@ def main(argv: list[str]) -> None:
     try:
         recipe = load_recipe(args.config, root=args.root, experiment_name=args.experiment_name,
                              overrides=args.override)
-        run_pipeline(recipe, dry_run=args.dry_run, report=not args.no_report)
+        with sigterm_stops():
+            run_pipeline(recipe, dry_run=args.dry_run, report=not args.no_report)
+    except PipelineStopped as err:
+        print(f"lit-llm pipeline: {err}", file=sys.stderr)
+        sys.exit(err.code)
     except PipelineError as err:
         sys.exit(f"lit-llm pipeline: {err}")
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM outside a training loop (which saves first, `StageCheckpoint`) stops the stage under way as Ctrl-C
+    would, so the pipeline's MLflow run ends KILLED instead of being cut off."""
+    def stop(signum: int, frame: Any) -> None:
+        from lit_llm.callbacks import StopRequested
+
+        raise StopRequested(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -229,7 +229,7 @@ def _flag(text: str) -> bool:
 
 def main(argv: list[str]) -> None:
     """Best-of-n rejection sampling from a policy on task-world prompts: SFT data and preference pairs."""
-    parser = argparse.ArgumentParser(prog="lit-llm rejection-sample", description=main.__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm rejection-sample", description=main.__doc__)
     parser.add_argument("--policy", required=True, help="policy: a lit_llm .ckpt of any stage or an HF directory")
     parser.add_argument("--reward", required=True, help="a reward-stage .ckpt, or 'gold' for the task's gold answer")
     parser.add_argument("--prompts", type=int, required=True, help="number of task-world prompts")

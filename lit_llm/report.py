@@ -550,7 +550,7 @@ def write_report(experiment: str, out: str | Path, pipeline_run: str | None = No
 
 def main(argv: list[str]) -> None:
     """Write a report from MLflow runs, or check a fresh run against reported values."""
-    parser = argparse.ArgumentParser(prog="lit-llm report", description=main.__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm report", description=main.__doc__)
     parser.add_argument("--experiment", default=None, help="MLflow experiment (for --check: default the file's)")
     parser.add_argument("--out", default=None, help="folder for REPORT.md, plots, configs/ and expected.json")
     parser.add_argument("--check", default=None, metavar="EXPECTED_JSON",

@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -40,8 +41,10 @@ TRACKED_PACKAGES = ("lit-llm", "torch", "lightning", "mlflow", "tokenizers", "da
 # these apply (for http(s) servers) only where the user has not set them.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-PROBE_TIMEOUT_S = 3.0
+PROBE_TIMEOUTS_S = (3.0, 10.0, 30.0)  # each probe's timeout, tried in turn while the server does not answer
 UNSENT_METRICS_FILE = "mlflow_unsent_metrics.jsonl"
+UNSENT_TABLES_DIR = "mlflow_unsent_tables"  # beside it: the data of each table the server missed
+CHANGED_PARAMS_TAG = "lit_llm.resumed.changed_params"  # params a resumed run changed (MLflow keeps the first)
 # Calls that change the run are buffered while the server is away (in order); reads answer None meanwhile.
 BUFFERED_CALLS = ("log_", "set_", "update_run", "delete_tag")
 METRIC_CALLS = ("log_batch", "log_metric")
@@ -66,18 +69,25 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def server_down_reason(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+def server_down_reason(uri: str, timeouts: tuple[float, ...] = PROBE_TIMEOUTS_S) -> str | None:
     """None when the tracking server answers `GET <uri>/health`, else why not (refused, timed out, HTTP 5xx).
 
     Any answer below 500 counts as up: a server behind authentication may answer 401, and that is a live server.
+    A refused connection is final at once; a probe that times out is tried again with the next, longer timeout, so a
+    live server on a loaded machine is not taken for a dead one.
     """
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return None
-    except urllib.error.HTTPError as err:
-        return None if err.code < 500 else f"HTTP {err.code}"
-    except (OSError, ValueError) as err:  # URLError (refused, unknown host), socket timeouts
-        return str(getattr(err, "reason", err))
+    reason = "no probe"
+    for timeout in timeouts:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                return None
+        except urllib.error.HTTPError as err:
+            return None if err.code < 500 else f"HTTP {err.code}"
+        except (OSError, ValueError) as err:  # URLError (refused, unknown host), socket timeouts
+            reason = str(getattr(err, "reason", err))
+            if "timed out" not in reason.lower():
+                return reason
+    return reason
 
 
 def unreachable_message(uri: str, reason: str, from_env: bool) -> str:
@@ -172,7 +182,8 @@ class ResilientClient:
         if not force and time.monotonic() < self._next_probe:
             return False
         self._next_probe = time.monotonic() + self.reconnect_interval
-        return server_down_reason(self.uri) is None and self._flush()
+        # one short probe: while the server is away, training should not wait on it every interval
+        return server_down_reason(self.uri, PROBE_TIMEOUTS_S[:1]) is None and self._flush()
 
     def _flush(self) -> bool:
         sent = 0
@@ -182,7 +193,7 @@ class ResilientClient:
                 getattr(self.client, name)(*args, **kwargs)
                 sent += 1
             except Exception as err:
-                if server_down_reason(self.uri) is not None:
+                if server_down_reason(self.uri, PROBE_TIMEOUTS_S[:1]) is not None:
                     return False  # gone again: keep the rest for the next probe
                 log.warning(f"MLflow: the server refused a buffered {name} call, dropped: {err}")
             self.pending.popleft()
@@ -192,11 +203,15 @@ class ResilientClient:
         return True
 
     def write_unsent(self, path: str) -> tuple[int, list[str]]:
-        """Append the buffered metric values to the JSONL file `path` and empty the buffer.
+        """Append the buffered metric values and tables to the JSONL file `path` (each table's data in a JSON file
+        beside it, under `mlflow_unsent_tables/`) and empty the buffer.
 
-        Returns how many values were written and the names of the other calls that were never sent."""
-        rows = [row for name, args, kwargs in self.pending for row in metric_rows(name, args, kwargs)]
-        others = sorted({name for name, _, _ in self.pending if name not in METRIC_CALLS})
+        Returns how many values and tables were written and the names of the other calls that were never sent."""
+        folder = os.path.join(os.path.dirname(os.path.abspath(path)), UNSENT_TABLES_DIR)
+        rows = []
+        for name, args, kwargs in self.pending:
+            rows += metric_rows(name, args, kwargs) or table_rows(name, args, kwargs, folder)
+        others = sorted({name for name, _, _ in self.pending if name not in (*METRIC_CALLS, "log_table")})
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
@@ -216,8 +231,25 @@ def metric_rows(name: str, args: tuple, kwargs: dict) -> list[dict]:
             for m in call.get("metrics") or []]
 
 
+def table_rows(name: str, args: tuple, kwargs: dict, folder: str) -> list[dict]:
+    """The row {run_id, table, artifact_file} of an MlflowClient log_table call, its data written to a JSON file in
+    `folder` (what `send_unsent_metrics` logs again); none for other calls."""
+    if name != "log_table":
+        return []
+    call = inspect.signature(MlflowClient.log_table).bind(None, *args, **kwargs).arguments
+    data = call["data"]
+    if not isinstance(data, dict):  # a pandas DataFrame
+        data = {column: list(values) for column, values in data.to_dict(orient="list").items()}
+    os.makedirs(folder, exist_ok=True)
+    file = os.path.join(folder, call["artifact_file"].replace("/", "__"))
+    with open(file, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    return [{"run_id": call["run_id"], "table": file, "artifact_file": call["artifact_file"]}]
+
+
 def send_unsent_metrics(path: str, tracking_uri: str | None = None) -> int:
-    """Send the metrics of a `mlflow_unsent_metrics.jsonl` file to their runs; returns how many were sent.
+    """Send the metrics and tables of a `mlflow_unsent_metrics.jsonl` file to their runs; returns how many values
+    and tables were sent.
 
     Args:
         path: The file a run wrote because its tracking server was down at the end.
@@ -230,9 +262,13 @@ def send_unsent_metrics(path: str, tracking_uri: str | None = None) -> int:
         rows = [json.loads(line) for line in f if line.strip()]
     for run_id in dict.fromkeys(row["run_id"] for row in rows):
         metrics = [Metric(r["key"], r["value"], r["timestamp"] or int(time.time() * 1000), r["step"])
-                   for r in rows if r["run_id"] == run_id]
+                   for r in rows if r["run_id"] == run_id and "key" in r]
         for i in range(0, len(metrics), 1000):  # MLflow's limit per log_batch
             client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    for row in rows:
+        if "table" in row:
+            with open(row["table"], encoding="utf-8") as f:
+                client.log_table(row["run_id"], data=json.load(f), artifact_file=row["artifact_file"])
     return len(rows)
 
 
@@ -284,6 +320,7 @@ class MLflowLogger(MLFlowLogger):
         )
         self.reconnect_interval = reconnect_interval
         self.run_dir: str | None = None  # where unsent metrics go; RunMetadata sets trainer.default_root_dir
+        self.continued = False  # logging into the run of a checkpoint this run resumes (`continue_run`)
         self._resilient: ResilientClient | None = None
 
     @property
@@ -314,9 +351,42 @@ class MLflowLogger(MLFlowLogger):
                 raise
             raise MLflowUnreachableError(unreachable_message(self._tracking_uri, reason, from_env=False)) from err
 
+    def continue_run(self, run_id: str) -> bool:
+        """Log into `run_id` (a resumed run's own run, from its checkpoint) instead of a new run, when the run is in
+        this logger's store and no run was chosen or started yet; returns whether it will."""
+        if self._run_id is not None or self._initialized:
+            return False
+        try:
+            with tracking_uri_restored():
+                MlflowClient(self._tracking_uri).get_run(run_id)
+        except Exception:  # another store, or deleted: a new run
+            return False
+        self._run_id = run_id
+        self.continued = True
+        return True
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        """Lightning's, except in a continued run (`continue_run`), where MLflow refuses to change a param: only new
+        params are logged, and the changed ones (e.g. a longer max_steps) go to the tag
+        `lit_llm.resumed.changed_params` as `key: old -> new`."""
+        if not self.continued:
+            return super().log_hyperparams(params)
+        params = dict(vars(params) if not isinstance(params, dict) else params)
+        logged = self.experiment.get_run(self.run_id).data.params
+        changed = [f"{k}: {logged[k]} -> {v}" for k, v in params.items() if k in logged and logged[k] != str(v)[:250]]
+        super().log_hyperparams({k: v for k, v in params.items() if k not in logged})
+        if changed:
+            previous = self.experiment.get_run(self.run_id).data.tags.get(CHANGED_PARAMS_TAG)
+            text = "; ".join(([previous] if previous else []) + changed)
+            self.experiment.set_tag(self.run_id, CHANGED_PARAMS_TAG, text[:5000])
+
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        """Send what the server missed if it is back; else write the unsent metrics next to the checkpoints."""
+        """Send what the server missed if it is back; else write the unsent metrics next to the checkpoints. A run
+        stopped on a signal or Ctrl-C (Lightning calls this while handling the exception) ends KILLED."""
+        if status == "failed" and isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
+            status = "KILLED"
         resilient = self._resilient
         if resilient is not None:
             resilient.reconnect(force=True)
@@ -329,8 +399,8 @@ class MLflowLogger(MLFlowLogger):
         count, others = resilient.write_unsent(path)
         lost = f"; also not sent: {', '.join(others)}" if others else ""
         log.warning(f"MLflow tracking server {self._tracking_uri} is still unreachable at the end of run "
-                    f"{self._run_id}: the {count} metric values it missed are in {path} (send them with "
-                    f"lit_llm.tracking.send_unsent_metrics){lost}")
+                    f"{self._run_id}: the {count} metric values and tables it missed are in {path} (send them "
+                    f"with lit_llm.tracking.send_unsent_metrics){lost}")
 
 
 @lru_cache(maxsize=1)

@@ -36,7 +36,7 @@ def recipe(cfg: dict, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="rounds config, e.g. configs/llama3/tiny.yaml")
     parser.add_argument("--rounds", type=int, default=None, help="number of rounds (default: the config's)")
     parser.add_argument("--dry_run", action="store_true", help="print the stages and their commands only")

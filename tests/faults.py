@@ -64,3 +64,23 @@ class PoisonAt(pl.Callback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+
+
+class SignalAt(pl.Callback):
+    """Sends this process a signal (SIGTERM by default, as a job scheduler does) at optimizer step `step`, before
+    the optimizer's update: the run should finish that step, write last.ckpt and stop.
+
+    Args:
+        step: The global step at which the signal arrives.
+        signum: The signal's number (15 = SIGTERM, 2 = SIGINT, as Ctrl-C sends).
+    """
+
+    def __init__(self, step: int, signum: int = 15) -> None:
+        self.step, self.signum = step, signum
+        self.sent = False
+
+    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                                 optimizer: Any) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)

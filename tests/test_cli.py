@@ -1,10 +1,12 @@
 """The `lit-llm` command line: help, unknown commands and keys, and parsing of every shipped config."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from lit_llm.cli import main
+from tests.conftest import micro_pretrain_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -61,3 +63,48 @@ def test_every_stage_config_parses(config: Path, capsys: pytest.CaptureFixture) 
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: lit_llm." in printed
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["fit", "--config", str(REPO / "configs/pretrain/tiny.yaml"), "--trainer.max_step=3", "--print_config"],
+     "lit-llm fit: error: unknown key 'trainer.max_step'; did you mean 'trainer.max_steps'?"),
+    (["fit", "--config", str(REPO / "configs/pretrain/tiny.yaml"), "--model.init_args.config.n_layers=2",
+      "--print_config"],
+     "lit-llm fit: error: unknown key 'config.n_layers' of lit_llm.PretrainLM; did you mean 'backbone.n_layer'?"),
+    (["prepare", "--config", str(REPO / "configs/prepare/tiny.yaml"), "--tokenizer.vocab=300"],
+     "lit-llm prepare: error: unknown key 'tokenizer.vocab'; did you mean 'tokenizer.vocab_size'?"),
+])
+def test_a_misspelt_or_abbreviated_key_is_one_line_with_the_nearest_key(argv: list[str], hint: str,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """No prefix abbreviation is taken for a key; the error is the hint, once, without the usage."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == hint and err.count("unknown key") == 1
+    assert "usage:" not in err and "--help lists every option" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "x.ckpt", "--prompt", "hi", "--max_new=3"],
+    ["rejection-sample", "--policy=x", "--reward=gold", "--prompts=2", "--out=o", "--temp=0.5"],
+    ["pipeline", "--config=x.yaml", "--dry"],
+    ["report", "--experi=x"],
+    ["bench", "--qui"],
+], ids=lambda argv: argv[0])
+def test_other_commands_refuse_abbreviated_options(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err  # not taken as a longer option
+
+
+def test_progress_lines_go_to_stdout_and_the_log_without_a_terminal(tmp_path: Path, token_cache: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    main(["fit", *micro_pretrain_args(tmp_path, token_cache, steps=8), "--trainer.enable_progress_bar=true"])
+    out = capsys.readouterr().out  # captured: not a terminal
+    log = (tmp_path / "progress.log").read_text()
+    for text in (out, log):
+        assert "pretrain: training to step 8" in text and re.search(r"step 8/8 \(100%\) \| loss \d", text)
+        assert "validation at step 4:" in text and "done: step 8 after" in text
+    assert "Epoch 0/" not in out

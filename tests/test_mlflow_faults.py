@@ -109,31 +109,44 @@ def test_server_gone_for_good_mid_run(live_server: MlflowServer, tmp_path: Path,
     seconds = ServerSwitch.last.seconds
     print("seconds after each step:", {k: round(v, 2) for k, v in seconds.items()})
     stall = max(seconds[step] for step in range(3, 8))
-    assert stall < 20  # MLflow's own retries would take minutes
+    # MLflow's own retries would take minutes; ours about 3 s once. The bound scales with the machine's speed now
+    # (the slowest step before the outage), so a loaded machine does not fail it.
+    assert stall < 20 + 20 * max(seconds[step] for step in (1, 2))
 
     rows = [json.loads(line) for line in (tmp_path / UNSENT_METRICS_FILE).read_text().splitlines()]
     assert {row["run_id"] for row in rows} == {run_id}
-    assert sorted(r["step"] for r in rows if r["key"] == "train/loss") == [3, 5, 7]  # all logged after the kill
-    assert sum(r["key"] == "val/loss" for r in rows) == 2
+    assert sorted(r["step"] for r in rows if r.get("key") == "train/loss") == [3, 5, 7]  # all logged after the kill
+    assert sum(r.get("key") == "val/loss" for r in rows) == 2
+    tables = [r for r in rows if "table" in r]  # the sample tables of both validations, kept as files
+    assert [r["artifact_file"] for r in tables] == ["samples/step_0000004.json", "samples/step_0000008.json"]
+    assert all(Path(r["table"]).is_file() for r in tables)
     assert f"{live_server.url} is still unreachable" in caplog.text
-    assert str(tmp_path / UNSENT_METRICS_FILE) in caplog.text
+    assert str(tmp_path / UNSENT_METRICS_FILE) in caplog.text and "also not sent: log_table" not in caplog.text
 
     store = MlflowClient(live_server.store)  # the server's own store, read while it is down
     assert store.get_run(run_id).info.status == "RUNNING"
     assert steps(store, run_id, "train/loss") == [1]
-    assert send_unsent_metrics(str(tmp_path / UNSENT_METRICS_FILE), live_server.store) == len(rows)
-    assert steps(store, run_id, "train/loss") == [1, 3, 5, 7]
+    live_server.start()  # back: send what it missed (its artifacts go through the server)
+    client = MlflowClient(live_server.url)
+    assert not client.list_artifacts(run_id, "samples")
+    assert send_unsent_metrics(str(tmp_path / UNSENT_METRICS_FILE), live_server.url) == len(rows)
+    assert steps(client, run_id, "train/loss") == [1, 3, 5, 7]
+    assert len(client.list_artifacts(run_id, "samples")) == 2
 
 
 def test_server_down_at_start_fails_fast_naming_it(stopped_server: MlflowServer, tmp_path: Path, token_cache: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    start = time.perf_counter()
+    with pytest.raises(SystemExit):  # the same command parsed, no logger made: the machine's speed right now
+        main(["fit", *micro_pretrain_args(tmp_path, token_cache), "--print_config"])
+    baseline = time.perf_counter() - start
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stopped_server.url)
     start = time.perf_counter()
     with pytest.raises(MLflowUnreachableError) as error:
         main(["fit", *micro_pretrain_args(tmp_path, token_cache)])
     seconds = time.perf_counter() - start
-    print(f"failed after {seconds:.1f} s")
-    assert seconds < 30
+    print(f"failed after {seconds:.1f} s (parsing alone: {baseline:.1f} s)")
+    assert seconds < 2 * baseline + 30  # one probe (3 s timeout), not MLflow's minutes of retries
     message = str(error.value)
     assert f"{stopped_server.url} (from MLFLOW_TRACKING_URI) is unreachable" in message
     assert "mlflow server --host 127.0.0.1" in message and "fallback_tracking_uri" in message

@@ -3,13 +3,18 @@ report); resume without re-running; the plan; recipe errors; same seed twice →
 `lit-llm report --check` against a fresh run."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 
+from lit_llm.checkpoint import read_checkpoint
 from lit_llm.cli import main
 from lit_llm.pipeline import PipelineError, check_configs, load_recipe, plan
 from tests.conftest import REPO
@@ -311,3 +316,38 @@ def test_check_passes_on_a_fresh_run_and_fails_with_a_readable_diff(pipeline_a: 
     assert "FAIL" in lines["sft val/loss"] and "-1" in lines["sft val/loss"]
     assert "missing" in lines["ppo-extra train/kl"] and "no such stage run" in lines["ppo-extra train/kl"]
     assert out.splitlines()[-1] == f"2 of {len(lines) - 1} values do NOT reproduce"
+
+
+def test_a_stage_stopped_by_sigterm_resumes_where_it_stopped(tmp_path: Path, mlflow_db: str) -> None:
+    """SIGTERM mid-stage (a scheduler's preemption): the pipeline exits 143 with its run KILLED and the stage's
+    last.ckpt written; the same command again resumes the stage from there and ends with the weights of a stage
+    that was never stopped."""
+    raw = micro_recipe()
+    raw["stages"] = [stage_of(raw, "pretrain")]
+    raw["stages"][0]["data"] = "tasks"
+    raw["overrides"] = [*MICRO_FIT, "--trainer.max_steps=6", "--trainer.val_check_interval=6",
+                        "--data.init_args.num_docs=200", "--data.init_args.vocab_size=300"]
+    recipe = write_recipe(tmp_path / "recipe.yaml", raw)
+    signal_at = ["--override=--trainer.callbacks+=tests.faults.SignalAt", "--override=--trainer.callbacks.step=2"]
+    args = ["pipeline", "--config", str(recipe), "--root", str(tmp_path / "runs"), "--experiment_name", "stopped",
+            "--no_report", *signal_at]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "lit_llm", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "stopped during stage 'pretrain'; run the same command again" in proc.stderr
+    state = tmp_path / "runs" / ".pipeline"
+    assert (state / "pretrain.started.json").is_file() and not (state / "pretrain.json").exists()
+    client = MlflowClient(mlflow_db)
+    assert pipeline_run(client, "stopped").info.status == "KILLED"
+    ckpt = tmp_path / "runs" / "pretrain" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(ckpt)["global_step"] == 3
+
+    main(args)  # the signal fires at step 2 only, which the resumed stage is past
+    assert not (state / "pretrain.started.json").exists()
+    assert json.loads((state / "pretrain.json").read_text())["resumed_from"] == str(ckpt)
+    whole = tmp_path / "whole"
+    main(["fit", *load_recipe(recipe, root=str(whole)).stages[0].argv[1:]])
+    ours, reference = read_checkpoint(ckpt), read_checkpoint(whole / "pretrain" / "checkpoints" / "last.ckpt")
+    assert ours["global_step"] == reference["global_step"] == 6
+    assert all(torch.equal(ours["state_dict"][k], v) for k, v in reference["state_dict"].items())

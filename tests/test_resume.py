@@ -10,6 +10,7 @@ around validations. The kill step is drawn at random; set RESUME_TEST_SEED to re
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,10 @@ EVERY_STEP = ["--trainer.callbacks+=lit_llm.callbacks.StageCheckpoint",
 TIMING = ("tokens_per_s", "mfu", "time_", "_per_s")
 
 
-def resume_args(stage: str, root: Path, init_from: str, reward_from: str, token_cache: Path) -> list[str]:
-    """The stage's micro recipe: 8 steps, 3-batch epochs, validation every 3 steps, a checkpoint every step."""
+def resume_args(stage: str, root: Path, init_from: str, reward_from: str, token_cache: Path,
+                every_step: bool = True) -> list[str]:
+    """The stage's micro recipe: 8 steps, 3-batch epochs, validation every 3 steps, a checkpoint every step (else
+    the default checkpointing: at validation and epoch ends)."""
     if stage == "ppo":
         args = [*micro_ppo_args(PPO_TINY, root, init_from, reward_from, rollouts=STEPS // 2),
                 "--data.init_args.num_prompts=16", "--trainer.val_check_interval=3",
@@ -42,16 +45,20 @@ def resume_args(stage: str, root: Path, init_from: str, reward_from: str, token_
                 "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
                 "--trainer.val_check_interval=3", "--trainer.check_val_every_n_epoch=null",
                 "--trainer.log_every_n_steps=1"]
-    return [*args, *EVERY_STEP]
+    return [*args, *EVERY_STEP] if every_step else args
+
+
+def run_with(args: list[str], fault: list[str]) -> subprocess.CompletedProcess:
+    """`lit-llm fit` in a subprocess with a fault-injecting callback (no time limit: a loaded machine is slow)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "lit_llm", "fit", *args, *fault], cwd=REPO, env=env,
+                          capture_output=True, text=True)
 
 
 def run_killed(args: list[str], step: int, during_save: bool) -> subprocess.CompletedProcess:
     """`lit-llm fit` in a subprocess that SIGKILLs itself at `step`."""
-    kill = ["--trainer.callbacks+=tests.faults.KillAt", f"--trainer.callbacks.step={step}",
-            f"--trainer.callbacks.during_save={str(during_save).lower()}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "lit_llm", "fit", *args, *kill], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_with(args, ["--trainer.callbacks+=tests.faults.KillAt", f"--trainer.callbacks.step={step}",
+                           f"--trainer.callbacks.during_save={str(during_save).lower()}"])
 
 
 def weights(root: Path) -> dict[str, torch.Tensor]:
@@ -59,13 +66,16 @@ def weights(root: Path) -> dict[str, torch.Tensor]:
 
 
 def metric_history(root: Path, after_step: int) -> dict[str, list[tuple[int, float]]]:
-    """Every result metric of the run that wrote `root`'s last checkpoint, from step `after_step` on."""
+    """Every result metric of the run that wrote `root`'s last checkpoint, from step `after_step` on. A resumed run
+    logs into its killed run, which may have logged the steps after its checkpoint already: the last value logged
+    at a step counts."""
     client = MlflowClient()
     run_id = read_checkpoint(ckpt(root))["lit_llm"]["mlflow_run_id"]
     history = {}
     for name in client.get_run(run_id).data.metrics:
         if name.startswith(("train/", "val/")) and not any(t in name for t in TIMING):
-            points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name) if m.step > after_step)
+            logged = sorted(client.get_metric_history(run_id, name), key=lambda m: m.timestamp)
+            points = sorted({m.step: m.value for m in logged if m.step > after_step}.items())
             if points:
                 history[name] = [(s, v) for s, v in points if not math.isnan(v)]
     return history
@@ -145,3 +155,61 @@ def kill_and_resume(args: list[str], whole: Path, root: Path, step: int, during_
     expected, got = metric_history(whole, saved_step), metric_history(root, saved_step)
     differ = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
     assert not differ and got.keys() == expected.keys(), f"{note}: metrics after the resume differ: {differ}"
+
+
+def assert_same_as_uninterrupted(root: Path, whole: Path, after_step: int, note: str) -> None:
+    """`root` ends with the uninterrupted run's weights (bitwise) and metrics, in `last.ckpt` and nowhere else."""
+    lasts = sorted(p.name for p in (root / "checkpoints").glob("last*"))
+    assert lasts == ["last.ckpt"], f"{note}: last.ckpt must be the newest state, with no other last-*: {lasts}"
+    assert read_checkpoint(ckpt(root))["global_step"] == read_checkpoint(ckpt(whole))["global_step"], note
+    ours, reference = weights(root), weights(whole)
+    changed = [k for k in reference if not torch.equal(ours[k], reference[k])]
+    assert not changed, f"{note}: weights differ from the uninterrupted run: {changed[:5]}"
+    expected, got = metric_history(whole, after_step), metric_history(root, after_step)
+    assert got == expected, f"{note}: metrics after the resume differ"
+
+
+@pytest.mark.parametrize("every_step", [False, True], ids=["default", "every_step"])
+@pytest.mark.parametrize("stage", ["pretrain", "dpo", "ppo"])
+def test_resuming_last_overwrites_last_ckpt(stage: str, every_step: bool, uninterrupted, tiny_pretrain: Path,
+                                            reward_ckpt: str, token_cache: Path, tmp_path: Path) -> None:
+    """`--ckpt_path=last` finds last.ckpt and the resumed run keeps writing it: no last-v1.ckpt, no stale file."""
+    args = resume_args(stage, tmp_path, ckpt(tiny_pretrain), reward_ckpt, token_cache, every_step)
+    kill = 7 if stage == "ppo" else 5  # PPO: 2 updates a rollout, the first validation after 3 rollouts
+    assert run_killed(args, kill, during_save=False).returncode == -9
+    saved_step = read_checkpoint(ckpt(tmp_path))["global_step"]
+    assert saved_step == kill - kill % (2 if stage == "ppo" else 1) if every_step else saved_step < kill
+    main(["fit", *args, "--ckpt_path=last"])
+    assert_same_as_uninterrupted(tmp_path, uninterrupted(stage), saved_step, f"{stage}, killed at step {kill}")
+
+
+@pytest.mark.parametrize(("stage", "signum"), [("pretrain", signal.SIGTERM), ("dpo", signal.SIGTERM),
+                                               ("ppo", signal.SIGTERM), ("sft", signal.SIGINT)])
+def test_a_signal_saves_last_ckpt_and_the_next_call_resumes_exactly(stage: str, signum: int, uninterrupted,
+                                                                     tiny_pretrain: Path, reward_ckpt: str,
+                                                                     token_cache: Path, tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's preemption) or Ctrl-C mid-step: the step finishes, last.ckpt is written at it, the
+    process exits 128 + signal with the MLflow run KILLED, and `--ckpt_path=last` continues exactly."""
+    args = resume_args(stage, tmp_path, ckpt(tiny_pretrain), reward_ckpt, token_cache, every_step=False)
+    proc = run_with(args, ["--trainer.callbacks+=tests.faults.SignalAt", "--trainer.callbacks.step=4",
+                           f"--trainer.callbacks.signum={int(signum)}"])
+    assert proc.returncode == 128 + signum, proc.stderr[-3000:]
+    assert f"stopped on {signal.Signals(signum).name} at step" in proc.stderr
+    checkpoint = read_checkpoint(ckpt(tmp_path))
+    assert checkpoint["global_step"] == (6 if stage == "ppo" else 5)  # the step under way when it arrived
+    run = MlflowClient().get_run(checkpoint["lit_llm"]["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    main(["fit", *args, "--ckpt_path=last"])
+    assert_same_as_uninterrupted(tmp_path, uninterrupted(stage), checkpoint["global_step"], f"{stage} stopped")
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"  # the resumed run continued it
+
+
+def test_time_based_checkpoints_add_to_the_default_ones(tiny_pretrain: Path, reward_ckpt: str, token_cache: Path,
+                                                        tmp_path: Path) -> None:
+    """`train_time_interval` writes last.ckpt when the interval has passed (here: every step) on top of the saves
+    at validation, which stay."""
+    args = [*resume_args("pretrain", tmp_path, ckpt(tiny_pretrain), reward_ckpt, token_cache, every_step=False),
+            "--trainer.callbacks+=lit_llm.callbacks.StageCheckpoint",
+            "--trainer.callbacks.train_time_interval=0:00:00"]
+    assert run_killed(args, 5, during_save=False).returncode == -9
+    assert read_checkpoint(ckpt(tmp_path))["global_step"] == 5

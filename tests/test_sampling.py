@@ -50,8 +50,9 @@ def test_uneven_data_is_padded_so_every_rank_has_the_same_number_of_batches() ->
 class Progress:
     """Stands in for the trainer's view of the epoch: its length and how many of its batches are done."""
 
-    def __init__(self, epoch_batches: int, done: int) -> None:
+    def __init__(self, epoch_batches: int, done: int, epoch: int) -> None:
         self.world_size, self.global_rank, self.num_training_batches = 1, 0, epoch_batches
+        self.current_epoch = epoch
         current = type("Current", (), {"processed": done})()
         self.fit_loop = type("FitLoop", (), {"epoch_loop": type("EpochLoop", (), {
             "batch_progress": type("BatchProgress", (), {"current": current})()})()})()
@@ -75,7 +76,7 @@ def stopped_after(done: int, epochs_before: int = 1, epoch_batches: int | None =
     iterator = iter(loader)
     for _ in range(min(done, n)):
         next(iterator)
-    holder.trainer = Progress(n, done)
+    holder.trainer = Progress(n, done, epochs_before)
     position = holder.state_dict()["train_order"]
     return position, batches[(epochs_before * n) + done:][: 2 * n - done]
 
@@ -111,3 +112,21 @@ def test_resuming_onto_data_of_another_length_is_refused() -> None:
     holder.load_state_dict({"train_order": position})
     with pytest.raises(ValueError, match="checkpoint's epoch had 5 batches, this data gives 4"):
         train_loader(holder, list(range(16)), batch_size=4, seed=7)
+
+
+def test_an_epochs_order_does_not_depend_on_the_passes_opened_before_it() -> None:
+    """Lightning opens an extra, empty pass for the epoch a checkpoint ended in; epoch e's order stays e's."""
+    data, trainer = list(range(20)), FakeTrainer(1, 0)
+    holder = Holder(trainer)
+    reference = []
+    loader = train_loader(holder, data, batch_size=4, seed=7)
+    for epoch in range(3):
+        trainer.current_epoch = epoch
+        reference.append([b.tolist() for b in loader])
+    loader = train_loader(holder, data, batch_size=4, seed=7)
+    trainer.current_epoch = 1
+    iter(loader), iter(loader)  # passes opened and dropped
+    trainer.current_epoch = 2
+    assert [b.tolist() for b in loader] == reference[2]
+    trainer.current_epoch = 0
+    assert [b.tolist() for b in loader] == reference[0]

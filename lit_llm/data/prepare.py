@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -58,6 +58,7 @@ from lit_llm.data.mixing import mix_indices, split_train_val
 from lit_llm.data.prepare_report import (
     log_prepare, mix_stats, read_and_kept, run_tags, step_stats, summary, tracked_run,
 )
+from lit_llm.hints import exit_with_error
 from lit_llm.data.sources import BUILDERS, load_source, require_fields, source_fingerprint
 from lit_llm.data.tasks import pretrain_corpus
 from lit_llm.data.text import PREPARED_MARKER, TASKS_SOURCE, token_dtype, write_tokens
@@ -256,7 +257,7 @@ def read_source(src: SourceConfig, seed: int, num_proc: int = 1) -> tuple[datase
         n = src.max_docs or TASK_DOCS_DEFAULT
         return datasets.Dataset.from_dict({"text": pretrain_corpus(n, seed=seed, max_digits=src.max_digits).docs}), 0
     ds = _load(src)
-    require_fields(ds, [src.text_field], src.path)
+    require_fields(ds.column_names, [src.text_field], src.path)
     ds = ds.select_columns([src.text_field])
     if src.text_field != "text":
         ds = ds.rename_column(src.text_field, "text")
@@ -484,18 +485,18 @@ def prepare(cfg: PrepareConfig, config_text: str | None = None) -> Prepared:
 
 # --------------------------------------------------------------------------------------------------------- CLI
 class PrepareParser(ArgumentParser):
-    """jsonargparse's parser, whose errors about unknown config keys name the closest valid key first (as the
-    `lit-llm fit` parser's do)."""
+    """jsonargparse's parser without prefix abbreviations, whose errors are one line naming the closest valid key
+    (`lit_llm.hints`), as the `lit-llm fit` parser's are."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        from lit_llm.cli import unknown_key_hints  # already loaded when `lit-llm prepare` runs
-
+        if not self.exit_on_error:
+            return super().error(message, ex)
         keys = [a.dest for a in self._actions if isinstance(getattr(a, "dest", None), str)]
         keys += [k.split(".", i)[-1] for k in keys for i in range(1, k.count(".") + 1)]  # also without groups
-        hints = unknown_key_hints(message, lambda key: keys)
-        if hints:
-            message = "\n".join(hints) + "\n\ndetails:\n" + message
-        return super().error(message, ex)
+        exit_with_error(self.prog, message, lambda key: keys)
 
 
 def build_parser() -> ArgumentParser:

@@ -8,11 +8,10 @@ per-rank batch B the W ranks' step-s batches together are exactly positions [sBW
 order, i.e. the one-process step-s batch at global batch BW. With W = 1 it yields the one-process order itself,
 so single-process runs are unchanged.
 
-The order also survives a resume. `TrainOrderState` (a mixin for data modules) stores, in every checkpoint, the
-training generator's state at the start of the current epoch and now, and how many of the epoch's batches the
-trainer has processed; the resumed loader restarts the same epoch's order and skips those batches (mid-epoch), or
-continues with the next epoch's order (at an epoch's end), so a resumed run sees exactly the uninterrupted run's
-batches.
+The order also survives a resume. Epoch e's order is a function of the seed and e (`ResumableLoader`), and
+`TrainOrderState` (a mixin for data modules) stores, in every checkpoint, the epoch and how many of its batches the
+trainer has processed; the resumed loader skips those batches in that epoch, so a resumed run sees exactly the
+uninterrupted run's batches wherever the checkpoint was written (mid-epoch, after a validation, at an epoch's end).
 """
 
 import math
@@ -49,19 +48,49 @@ class ShardedSampler(DistributedSampler):
 
 
 class ResumableLoader(DataLoader):
-    """A training DataLoader that knows its position in the training order and can restart from one.
+    """A training DataLoader whose order is a function of the seed and the epoch, and that can restart mid-epoch.
 
-    `position()` is the plain-data state a checkpoint keeps; `resume_from(position)` makes the next pass continue
-    there. Its length stays the full epoch's (Lightning counts the batches already done itself).
+    Every pass over the loader makes the same draws from its generator (the iterator's worker base seed, then the
+    sampler's permutation), so epoch e's starting state is the seed's state after e such passes: computed once by
+    replaying them, and set at the start of each pass. The uninterrupted sequence of epochs is unchanged, and a
+    resumed run gets epoch e's order however many passes Lightning opens on its way. `position()` is the
+    plain-data state a checkpoint keeps; `resume_from(position)` makes the first pass after a resume skip the
+    batches the checkpoint's epoch had done, or, when that epoch was over, be the next epoch's (Lightning opens it
+    before counting the new epoch, and uses it, or drops it and opens another: both then give the same order). Its
+    length stays the full epoch's (Lightning counts the batches already done itself).
     """
 
     def __init__(self, *args: Any, datamodule: pl.LightningDataModule, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.datamodule = datamodule
-        self.epoch_start_state = self.generator.get_state()
+        self._starts = {0: self.generator.get_state()}  # epoch -> generator state at the start of its pass
+        self._passes = 0  # passes started: the epoch when no trainer counts them
+        self._resume: dict[str, Any] | None = None
+
+    def epoch(self) -> int:
+        epoch = getattr(getattr(self.datamodule, "trainer", None), "current_epoch", None)
+        return self._passes if epoch is None else epoch
+
+    def start_state(self, epoch: int) -> torch.Tensor:
+        """The generator's state at the start of `epoch`'s pass (replaying the passes before it once)."""
+        known = max(e for e in self._starts if e <= epoch)
+        while known < epoch:
+            self.generator.set_state(self._starts[known])
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the iterator's base seed
+            list(self.sampler.base)  # the sampler's permutation
+            known += 1
+            self._starts[known] = self.generator.get_state()
+        return self._starts[epoch]
 
     def __iter__(self):
-        self.epoch_start_state = self.generator.get_state()  # before this pass draws its worker seed and order
+        epoch, resume, self._resume = self.epoch(), self._resume, None
+        if resume is not None and resume["epoch"] == epoch:
+            if resume["batches_done"] < resume["epoch_batches"]:  # mid-epoch: leave out what it did
+                self.sampler.skip = resume["batches_done"] * self.batch_size
+            else:  # it ended the epoch: Lightning opens this pass before it counts the next epoch
+                epoch += 1
+        self.generator.set_state(self.start_state(epoch))
+        self._passes += 1
         return super().__iter__()
 
     def progress(self) -> tuple[int, int]:
@@ -76,20 +105,20 @@ class ResumableLoader(DataLoader):
 
     def position(self) -> dict[str, Any]:
         done, epoch_batches = self.progress()
-        return {"epoch_start_state": self.epoch_start_state, "state": self.generator.get_state(),
-                "batches_done": done, "epoch_batches": epoch_batches, "num_batches": len(self)}
+        return {"epoch": self.epoch(), "batches_done": done, "epoch_batches": epoch_batches,
+                "num_batches": len(self)}
 
     def resume_from(self, position: dict[str, Any]) -> None:
         if position["num_batches"] != len(self):
             raise ValueError(f"cannot resume the training order: the checkpoint's epoch had "
                              f"{position['num_batches']} batches, this data gives {len(self)} (changed data, batch "
                              f"size or number of processes?)")
-        done = position["batches_done"]
-        if done >= position["epoch_batches"]:  # saved at the epoch's end: the next pass is the next epoch
-            self.generator.set_state(position["state"])
-            return
-        self.generator.set_state(position["epoch_start_state"])
-        self.sampler.skip = done * self.batch_size
+        if "epoch" not in position:
+            raise ValueError("this checkpoint's training order was saved by an older lit_llm (generator states, no "
+                             "epoch); resume it with that version or start the run again")
+        self._resume = position
+        # without a trainer to say which epoch a pass is, passes continue from the checkpoint's (next) epoch
+        self._passes = position["epoch"] + (position["batches_done"] >= position["epoch_batches"])
 
 
 class TrainOrderState:
