@@ -6,6 +6,7 @@ earlier output. No training: data modules are set up directly (`prepare` runs on
 Cells of the matrix tested elsewhere are named where they would be, instead of repeated here."""
 
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -261,12 +262,25 @@ def hf_dir(path: Path, tokenizer: Tokenizer, vocab_size: int) -> Path:
 
 
 @pytest.mark.parametrize("kind", RECORD_KINDS)
-def test_checkpoint_tokenizer_without_chat_tokens_is_refused_naming_them(kind: str, tmp_path: Path) -> None:
-    dm = MODULES[kind]()
-    dm.tokenizer = load_backbone(hf_dir(tmp_path, plain_tokenizer(), 258)).tokenizer
-    with pytest.raises(ValueError, match=r"the model's tokenizer: no chat template, and the default template's "
-                                         r"special tokens <\|system\|>, <\|user\|>, <\|assistant\|>, <\|end\|> "
-                                         r"are not in the vocabulary"):
+def test_a_tokenizer_without_chat_tokens_falls_back_to_a_plain_template_with_a_warning(kind: str,
+                                                                                      tmp_path: Path) -> None:
+    """A base model without a chat template or our chat tokens (a sentencepiece Llama-2, say) starts SFT, reward,
+    DPO and PPO with Alpaca's plain-text turns and its own eos, said in a warning and the run's params; asking for
+    the default template names the tokens it lacks."""
+    tokenizer = load_backbone(hf_dir(tmp_path, plain_tokenizer(), 258)).tokenizer
+    dm = MODULES[kind](num_val_records=4) if kind == "sft" else MODULES[kind]()
+    dm.tokenizer = tokenizer
+    with pytest.warns(UserWarning, match=r"chat template plain \(fallback: the tokenizer has no chat_template and no "
+                                         r"<\|system\|>, <\|user\|>, <\|assistant\|>, <\|end\|> tokens"):
+        dm.setup("fit")
+    assert dm.chat_template_note.startswith("plain (fallback")
+    ids, mask = tokenizer.render_chat([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    assert tokenizer.decode(ids, skip_special=False) == "<s>### Instruction:\nHi\n\n### Response:\nYo</s>\n\n"
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if m], skip_special=False) == "Yo</s>"
+    dm = MODULES[kind](chat_template="default")
+    dm.tokenizer = load_backbone(tmp_path).tokenizer
+    with pytest.raises(ValueError, match=r"the model's tokenizer: chat_template='default' needs the tokens "
+                                         r"<\|system\|>, <\|user\|>, <\|assistant\|>, <\|end\|>"):
         dm.setup("fit")
 
 
@@ -322,3 +336,58 @@ def test_failed_prepare_leaves_the_earlier_output_as_it_was(tmp_path: Path) -> N
                  tmp_path, overwrite=True)
     assert again.meta["fingerprint"] != first.meta["fingerprint"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary or old folder left
+
+
+# ------------------------------------------------------------------------------------- values as written
+@pytest.mark.parametrize(("kind", "field", "line"), [("sft", "output", 21), ("preference", "chosen", 26),
+                                                     ("prompts", "prompt", 30)])
+def test_a_value_of_the_wrong_type_is_named_at_its_own_line_as_written(kind: str, field: str, line: int,
+                                                                       tmp_path: Path) -> None:
+    """A column of strings that look like numbers ("84") with one real number (7): `datasets` would turn the
+    strings into numbers and report another line; the error names line `line` and the 7, and "84" stays a string."""
+    rows = [{**record(kind, i), field: str(i + 1)} for i in range(100)]
+    rows[line - 1][field] = 7
+    path = write_jsonl(tmp_path / f"{kind}.jsonl", rows)
+    with pytest.raises(RecordError, match=rf"{kind}.jsonl:{line}\b.*7") as error:
+        load(kind, path, tmp_path)
+    assert "84" not in str(error.value)
+    rows[line - 1][field] = "7"
+    dm = load(kind, write_jsonl(tmp_path / f"{kind}.jsonl", rows), tmp_path)
+    assert dm.stats["train"].skipped_invalid == 0
+
+
+# ----------------------------------------------------------------------------------------- identical pairs
+def test_pairs_whose_chosen_and_rejected_are_the_same_are_dropped_and_counted(tmp_path: Path) -> None:
+    path = records("preference", tmp_path, n=20, r3={"rejected": "3"}, r7={"chosen": "no"})
+    with pytest.warns(UserWarning, match=r"2 pairs dropped: chosen and rejected are the same"):
+        dm = load("preference", path, tmp_path)
+    assert sum(s.dropped_identical for s in dm.stats.values()) == 2
+    assert sum(s.pairs for s in dm.stats.values()) == 18
+    ranked = write_jsonl(tmp_path / "ranked.jsonl", [{"prompt": f"Say {i}.", "responses": ["a", "b", "b"]}
+                                                      for i in range(10)])
+    dm = load("preference", ranked, tmp_path)  # the (b, b) pair goes, the other two keep the prompt's weight
+    item = dm.datasets["train"][0].comparison
+    assert item.pairs == [(0, 1), (0, 2)] and item.weights == pytest.approx([0.5, 0.5])
+
+
+def test_a_preference_set_of_identical_pairs_only_is_refused_with_the_counts(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "same.jsonl", [{"prompt": f"Say {i}.", "chosen": "x", "rejected": "x"}
+                                                 for i in range(10)])
+    with pytest.raises(ValueError, match=r"no train comparison left of 8 records: dropped_identical=8 \(pairs whose "
+                                         r"chosen and rejected are the same\)"):
+        load("preference", path, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------- warnings' units
+def test_loss_warnings_name_what_they_count(tmp_path: Path) -> None:
+    long = "word " * 40
+    path = records("preference", tmp_path, n=10, r2={"prompt": long}, r5={"chosen": long})
+    with pytest.warns(UserWarning) as caught:
+        load("preference", path, tmp_path, max_length=48, val_fraction=0.0001)
+    message = " ".join(str(w.message) for w in caught)
+    assert re.search(r"preference train data \(9 records\): .*\d+ of \d+ sequences \(prompt \+ response\) cut at "
+                     r"the prompt's start to max_length=48 tokens", message)
+    path = records("sft", tmp_path, n=10, r2={"output": long})
+    with pytest.warns(UserWarning, match=r"SFT train data \(9 records\): 1 of 9 examples cut to max_length=32 "
+                                         r"positions"):
+        load("sft", path, tmp_path, max_length=32, val_fraction=0.0001, packing=False)

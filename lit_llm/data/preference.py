@@ -60,7 +60,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import datasets
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -70,10 +69,11 @@ from torch.utils.data import DataLoader, Dataset
 from lit_llm.data.sources import (
     FieldError,
     RecordError,
-    RowNames,
+    Records,
     check_field_names,
     holdout_split,
-    load_source,
+    load_records,
+    losses_warning,
     model_tokenizer,
     require_fields,
     source_fingerprint,
@@ -157,8 +157,6 @@ def split_shared_text(chosen: str, rejected: str) -> tuple[list[dict], list[dict
     cut = chosen.rfind(ASSISTANT, 0, n)
     if cut < 0:
         raise RecordError(f"the shared prefix of chosen and rejected has no {ASSISTANT.strip()!r} turn")
-    if chosen == rejected:
-        raise RecordError("chosen and rejected are identical")
     start = cut + len(ASSISTANT)
     prompt = parse_turns(chosen[:cut])
     return prompt, parse_turns(chosen[start:], "assistant"), parse_turns(rejected[start:], "assistant")
@@ -184,7 +182,7 @@ class RecordReader:
         fields: Canonical name -> the data's name (only differing names need an entry).
         source: Name of the source, for error messages.
         system_prompt: System message for prompts that have none (and no `system` column value).
-        names: Names record i in error messages (`RowNames`: its file and line); default "source, record i".
+        names: Names record i in error messages (`Records.where`: its file and line); default "source, record i".
     """
 
     def __init__(self, fmt: str, fields: dict[str, str], source: str, system_prompt: str | None = None,
@@ -350,6 +348,7 @@ class PreferenceStats:
     skipped_invalid: int = 0
     truncated: int = 0
     dropped_too_long: int = 0
+    dropped_identical: int = 0
     prompts: int = 0
     sequences: int = 0
     pairs: int = 0
@@ -360,18 +359,37 @@ class PreferenceStats:
         return {k: v for k, v in asdict(self).items() if k != "first_error"}
 
 
+def drop_identical_pairs(comparison: Comparison, stats: PreferenceStats) -> Comparison | None:
+    """The comparison without its pairs whose two responses are the same (they teach nothing: a reward model gets no
+    signal, DPO a log-ratio of 0 whatever it learns), counted in `stats.dropped_identical`; a ranked list's other
+    pairs are reweighted to sum to 1 again. None when no pair is left; scored data has no pairs and is kept."""
+    if comparison.scores is not None:
+        return comparison
+    keep = [k for k, (a, b) in enumerate(comparison.pairs) if comparison.responses[a] != comparison.responses[b]]
+    stats.dropped_identical += len(comparison.pairs) - len(keep)
+    if not keep:
+        return None
+    if len(keep) < len(comparison.pairs):
+        total = sum(comparison.weights[k] for k in keep)
+        comparison.pairs = [comparison.pairs[k] for k in keep]
+        comparison.margins = [comparison.margins[k] for k in keep]
+        comparison.weights = [comparison.weights[k] / total for k in keep]
+    return comparison
+
+
 def encode_comparison(tokenizer: Tokenizer, comparison: Comparison, max_length: int, policy: str,
                       stats: PreferenceStats) -> EncodedComparison | None:
     """Tokenize every response of a comparison under the length policy; None (counted) when one cannot fit."""
-    sequences = []
+    sequences, truncated = [], 0
     for response in comparison.responses:
         seq = encode_response(tokenizer, comparison.prompt, response)
         fitted = fit_length(seq, max_length, policy, tokenizer.bos_id)
         if fitted is None:
             stats.dropped_too_long += 1
             return None
-        stats.truncated += fitted is not seq
+        truncated += fitted is not seq
         sequences.append(fitted)
+    stats.truncated += truncated  # of the sequences kept
     stats.prompts += 1
     stats.sequences += len(sequences)
     stats.pairs += len(comparison.pairs)
@@ -443,6 +461,10 @@ class PreferenceDataModule(TrainOrderState, pl.LightningDataModule):
         hub_name: Config name of a hub dataset.
         hub_split: Split of a hub dataset to read (the validation source reads the same split).
         system_prompt: System message added to prompts that have none.
+        chat_template: How conversations are rendered: "auto" (default: the tokenizer's own template, else the
+            default one when it has its <|user|> ... <|end|> tokens, else a plain-text one, "### Instruction:" /
+            "### Response:" + its eos), "own", "default", "plain", a Jinja template or a file holding one. The model
+            keeps it (checkpoints, generation and the gold evaluation render the same way).
         num_pairs: Task world: training preference pairs (train split).
         num_ranked: Task world: training ranked lists (train split).
         num_val_pairs: Task world: validation pairs (val split, no label noise).
@@ -468,6 +490,7 @@ class PreferenceDataModule(TrainOrderState, pl.LightningDataModule):
         hub_name: str | None = None,
         hub_split: str = "train",
         system_prompt: str | None = None,
+        chat_template: str | None = None,
         num_pairs: int = 4000,
         num_ranked: int = 1000,
         num_val_pairs: int = 200,
@@ -489,6 +512,7 @@ class PreferenceDataModule(TrainOrderState, pl.LightningDataModule):
         self.source, self.format, self.fields = source, format, dict(fields or {})
         self.val_source, self.val_fraction = val_source, val_fraction
         self.hub_name, self.hub_split, self.system_prompt = hub_name, hub_split, system_prompt
+        self.chat_template, self.chat_template_note = chat_template, None
         self.num_pairs, self.num_ranked, self.ranked_k = num_pairs, num_ranked, ranked_k
         self.num_val_pairs, self.num_val_ranked = num_val_pairs, num_val_ranked
         self.label_noise, self.max_digits = label_noise, max_digits
@@ -508,7 +532,10 @@ class PreferenceDataModule(TrainOrderState, pl.LightningDataModule):
         keys = ("format", "fields", "val_source", "val_fraction", "hub_name", "hub_split", "system_prompt",
                 "num_pairs", "num_ranked", "num_val_pairs", "num_val_ranked", "ranked_k", "label_noise",
                 "max_digits", "max_length", "truncation", "skip_invalid", "seed")
-        return {k: getattr(self, k) for k in keys}
+        options = {k: getattr(self, k) for k in keys}
+        if self.chat_template is not None:  # unset: the fingerprints of earlier runs stay valid
+            options["chat_template"] = self.chat_template
+        return options
 
     def task_world_records(self, split: str) -> list[dict]:
         """Task-world pairs and ranked lists of one split (records in the "pairs" / "ranked" formats)."""
@@ -530,21 +557,22 @@ class PreferenceDataModule(TrainOrderState, pl.LightningDataModule):
                 out[split] = [(i, r, ranked if "responses" in r else pairs)
                               for i, r in enumerate(self.task_world_records(split))]
             return out
-        ds = load_source(self.source, self.hub_split, self.hub_name)
-        reader = self._reader(ds, self.source)
-        records = [(i, r, reader) for i, r in enumerate(ds.to_list())]
+        records = load_records(self.source, self.hub_split, self.hub_name)
+        reader = self._reader(records)
+        rows = [(i, r, reader) for i, r in enumerate(records.rows)]
         if self.val_source is not None:
-            val_ds = load_source(self.val_source, self.hub_split, self.hub_name)
-            val_reader = self._reader(val_ds, self.val_source)
-            return {"train": records, "val": [(i, r, val_reader) for i, r in enumerate(val_ds.to_list())]}
-        train, val = holdout_split(records, self.val_fraction, self.seed, self.source)
+            val = load_records(self.val_source, self.hub_split, self.hub_name)
+            val_reader = self._reader(val)
+            return {"train": rows, "val": [(i, r, val_reader) for i, r in enumerate(val.rows)]}
+        train, val = holdout_split(rows, self.val_fraction, self.seed, self.source)
         return {"train": train, "val": val}
 
-    def _reader(self, ds: datasets.Dataset, source: str) -> RecordReader:
+    def _reader(self, records: Records) -> RecordReader:
         """A reader for a loaded source, after checking that its format's required columns exist."""
-        fmt = detect_format(ds.column_names, self.fields, source) if self.format == "auto" else self.format
-        reader = RecordReader(fmt, self.fields, source, self.system_prompt, RowNames(source, len(ds)))
-        require_fields(ds, [reader.name(name) for name in REQUIRED_COLUMNS[fmt]], source)
+        columns, source = records.columns, records.source
+        fmt = detect_format(columns, self.fields, source) if self.format == "auto" else self.format
+        reader = RecordReader(fmt, self.fields, source, self.system_prompt, records.where)
+        require_fields(columns, [reader.name(name) for name in REQUIRED_COLUMNS[fmt]], source)
         return reader
 
     def build(self, records: list[tuple[int, dict, RecordReader]], tokenizer: Tokenizer,
@@ -555,7 +583,8 @@ class PreferenceDataModule(TrainOrderState, pl.LightningDataModule):
         for row, record, reader in records:
             stats.records += 1
             try:
-                item = encode_comparison(tokenizer, reader.read(record, row), self.max_length, self.truncation, stats)
+                comparison = drop_identical_pairs(reader.read(record, row), stats)
+                item = comparison and encode_comparison(tokenizer, comparison, self.max_length, self.truncation, stats)
             except RecordError as err:
                 where = reader.where(row)
                 if not str(err).startswith(where):  # errors of the shared-prefix split and of rendering
@@ -579,16 +608,23 @@ class PreferenceDataModule(TrainOrderState, pl.LightningDataModule):
             items = self.build(records, tokenizer, stats)
             if not items:
                 hints = {"skipped_invalid": f"first: {stats.first_error}",
-                         "dropped_too_long": f"a sequence does not fit max_length={self.max_length}"}
+                         "dropped_too_long": f"a sequence does not fit max_length={self.max_length}",
+                         "dropped_identical": "pairs whose chosen and rejected are the same"}
                 losses = {k: getattr(stats, k) for k in hints}
                 source = self.val_source if split == "val" and self.val_source else self.source
                 raise split_loss(source, split, "comparison", stats.records, losses, hints)
             self.datasets[split] = Comparisons(items)
-            lost = {k: v for k, v in stats.to_dict().items()
-                    if k in ("skipped_invalid", "truncated", "dropped_too_long") and v}
-            if lost:
-                hint = f"; first skipped record: {stats.first_error}" if stats.first_error else ""
-                rank_zero_warn(f"preference {split} data ({stats.records} records): {lost}{hint}")
+            self._warn_losses(split, stats)
+
+    def _warn_losses(self, split: str, stats: PreferenceStats) -> None:
+        warning = losses_warning("preference", split, stats, {
+            "skipped_invalid": "{n} records skipped as invalid",
+            "dropped_identical": "{n} pairs dropped: chosen and rejected are the same",
+            "truncated": f"{{n}} of {stats.sequences} sequences (prompt + response) cut at the prompt's start to "
+                         f"max_length={self.max_length} tokens",
+            "dropped_too_long": f"{{n}} prompts dropped: a response does not fit max_length={self.max_length}"})
+        if warning:
+            rank_zero_warn(warning)
 
     def collator(self) -> PreferenceCollator:
         return PreferenceCollator(self.tokenizer.pad_id)

@@ -34,10 +34,11 @@ from lit_llm.data.sampling import TrainOrderState, train_loader, world_of
 from lit_llm.data.sources import (
     FieldError,
     RecordError,
-    RowNames,
+    Records,
     holdout_split,
-    load_source,
+    load_records,
     load_texts,
+    losses_warning,
     model_tokenizer,
     source_fingerprint,
     split_loss,
@@ -75,8 +76,10 @@ def prompt_text(record: dict, prompt_field: str, where: str) -> str:
         present = sorted(k for k, v in record.items() if v is not None)
         raise FieldError(f"{where}: missing field {prompt_field!r} (or an Alpaca 'instruction'); available fields: "
                          f"{present}")
-    if not isinstance(text, str) or not text.strip():
-        raise RecordError(f"{where}: field {prompt_field!r} is empty or not a string")
+    if not isinstance(text, str):
+        raise RecordError(f"{where}: field {prompt_field!r} must be a string, got {type(text).__name__} {text!r:.40}")
+    if not text.strip():
+        raise RecordError(f"{where}: field {prompt_field!r} is empty")
     return text
 
 
@@ -145,6 +148,10 @@ class PromptDataModule(TrainOrderState, pl.LightningDataModule):
         hub_name: Config name of a hub dataset.
         hub_split: Split of a hub dataset to read.
         system_prompt: System message of every prompt (use the one SFT used).
+        chat_template: How conversations are rendered: "auto" (default: the tokenizer's own template, else the
+            default one when it has its <|user|> ... <|end|> tokens, else a plain-text one, "### Instruction:" /
+            "### Response:" + its eos), "own", "default", "plain", a Jinja template or a file holding one. The model
+            keeps it (checkpoints, generation and the gold evaluation render the same way).
         num_prompts: Training prompts drawn from the task world (train split).
         num_val_prompts: Validation prompts from the task world (val split).
         max_digits: Difficulty of the task world's arithmetic.
@@ -171,6 +178,7 @@ class PromptDataModule(TrainOrderState, pl.LightningDataModule):
         hub_name: str | None = None,
         hub_split: str = "train",
         system_prompt: str | None = None,
+        chat_template: str | None = None,
         num_prompts: int = 2048,
         num_val_prompts: int = 64,
         max_digits: int = 2,
@@ -189,6 +197,7 @@ class PromptDataModule(TrainOrderState, pl.LightningDataModule):
         super().__init__()
         self.source, self.prompt_field, self.val_source, self.val_fraction = source, prompt_field, val_source, val_fraction
         self.hub_name, self.hub_split, self.system_prompt = hub_name, hub_split, system_prompt
+        self.chat_template, self.chat_template_note = chat_template, None
         self.num_prompts, self.num_val_prompts, self.max_digits = num_prompts, num_val_prompts, max_digits
         self.max_prompt_length, self.skip_invalid = max_prompt_length, skip_invalid
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
@@ -205,32 +214,36 @@ class PromptDataModule(TrainOrderState, pl.LightningDataModule):
         keys = ("prompt_field", "val_source", "val_fraction", "hub_name", "hub_split", "system_prompt",
                 "num_prompts", "num_val_prompts", "max_digits", "max_prompt_length", "ptx_source", "ptx_field",
                 "ptx_docs", "ptx_length", "seed")
-        return {k: getattr(self, k) for k in keys}
+        options = {k: getattr(self, k) for k in keys}
+        if self.chat_template is not None:  # unset: the fingerprints of earlier runs stay valid
+            options["chat_template"] = self.chat_template
+        return options
 
-    def raw_records(self) -> dict[str, tuple[list[tuple[int, dict]], RowNames]]:
-        """split -> ((row in the source, record) pairs, names of the rows for messages)."""
+    def raw_records(self) -> dict[str, tuple[list[tuple[int, dict]], Records]]:
+        """split -> ((row in the source, record) pairs, the source's records, which name the rows in messages)."""
         if self.source == TASKS_SOURCE:
-            train = ppo_prompts(self.num_prompts, "train", self.seed, max_digits=self.max_digits)
-            val = ppo_prompts(self.num_val_prompts, "val", self.seed, max_digits=self.max_digits)
-            return {"train": (list(enumerate(train)), RowNames("tasks/train", len(train))),
-                    "val": (list(enumerate(val)), RowNames("tasks/val", len(val)))}
-        records = load_source(self.source, self.hub_split, self.hub_name).to_list()
-        names = RowNames(self.source, len(records))
+            out = {}
+            for split, n in (("train", self.num_prompts), ("val", self.num_val_prompts)):
+                rows = ppo_prompts(n, split, self.seed, max_digits=self.max_digits)
+                out[split] = (list(enumerate(rows)), Records(f"tasks/{split}", rows,
+                                                              [f"tasks/{split}, record {i}" for i in range(len(rows))]))
+            return out
+        records = load_records(self.source, self.hub_split, self.hub_name)
+        rows = list(enumerate(records.rows))
         if self.val_source is not None:
-            val = load_source(self.val_source, self.hub_split, self.hub_name).to_list()
-            return {"train": (list(enumerate(records)), names),
-                    "val": (list(enumerate(val)), RowNames(self.val_source, len(val)))}
-        train, val = holdout_split(list(enumerate(records)), self.val_fraction, self.seed, self.source)
-        return {"train": (train, names), "val": (val, names)}
+            val = load_records(self.val_source, self.hub_split, self.hub_name)
+            return {"train": (rows, records), "val": (list(enumerate(val.rows)), val)}
+        train, val = holdout_split(rows, self.val_fraction, self.seed, self.source)
+        return {"train": (train, records), "val": (val, records)}
 
-    def build(self, records: list[tuple[int, dict]], names: RowNames, stats: PromptStats,
+    def build(self, records: list[tuple[int, dict]], names: Records, stats: PromptStats,
               split: str = "train") -> Prompts:
         """Render and length-check the prompts of one split ((row, record) pairs)."""
         ids, kept = [], []
         for row, record in records:
             stats.records += 1
             try:
-                text = prompt_text(record, self.prompt_field, names(row))
+                text = prompt_text(record, self.prompt_field, names.where(row))
             except RecordError as err:
                 if not self.skip_invalid:
                     raise
@@ -249,9 +262,12 @@ class PromptDataModule(TrainOrderState, pl.LightningDataModule):
                      "dropped_too_long": f"longer than max_prompt_length={self.max_prompt_length}"}
             losses = {k: getattr(stats, k) for k in hints}
             raise split_loss(names.source, split, "prompt", stats.records, losses, hints)
-        if lost := {k: v for k, v in stats.to_dict().items() if k in ("dropped_too_long", "skipped_invalid") and v}:
-            hint = f"; first skipped record: {stats.first_error}" if stats.first_error else ""
-            rank_zero_warn(f"PPO prompts, {split} ({stats.records} records): {lost}{hint}")
+        warning = losses_warning("PPO prompt", split, stats, {
+            "skipped_invalid": "{n} records skipped as invalid",
+            "dropped_too_long": f"{{n}} prompts dropped: longer than max_prompt_length={self.max_prompt_length} "
+                                f"tokens"})
+        if warning:
+            rank_zero_warn(warning)
         return Prompts(ids, kept)
 
     def ptx_texts(self) -> list[str]:

@@ -42,7 +42,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import datasets
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -52,10 +51,11 @@ from lit_llm.data.sampling import TrainOrderState, train_loader
 from lit_llm.data.sources import (
     FieldError,
     RecordError,
-    RowNames,
+    Records,
     check_field_names,
     holdout_split,
-    load_source,
+    load_records,
+    losses_warning,
     model_tokenizer,
     require_fields,
     source_fingerprint,
@@ -93,7 +93,7 @@ class RecordReader:
         fields: Canonical name -> the data's name (only differing names need an entry).
         source: Name of the source, for error messages.
         system_prompt: System message for conversations that have none (and no `system` column value).
-        names: Names record i in error messages (`RowNames`: its file and line); default "source, record i".
+        names: Names record i in error messages (`Records.where`: its file and line); default "source, record i".
     """
 
     def __init__(self, fmt: str, fields: dict[str, str], source: str, system_prompt: str | None = None,
@@ -110,7 +110,8 @@ class RecordReader:
         """A string field; missing/None/empty raises when `required`, else gives ""."""
         value = record.get(self.name(canonical))
         if value is not None and not isinstance(value, str):
-            raise RecordError(f"{where}: field {self.name(canonical)!r} must be a string, got {type(value).__name__}")
+            raise RecordError(f"{where}: field {self.name(canonical)!r} must be a string, got "
+                              f"{type(value).__name__} {value!r:.40}")
         if required and value is None:
             # `datasets` gives every row every column of the file (None where absent): list only the present ones
             present = sorted(k for k, v in record.items() if v is not None)
@@ -315,6 +316,10 @@ class SFTDataModule(TrainOrderState, pl.LightningDataModule):
         hub_name: Config name of a hub dataset.
         hub_split: Split of a hub dataset to read (the validation source reads the same split).
         system_prompt: System message added to conversations that have none (also used by the gold eval).
+        chat_template: How conversations are rendered: "auto" (default: the tokenizer's own template, else the
+            default one when it has its <|user|> ... <|end|> tokens, else a plain-text one, "### Instruction:" /
+            "### Response:" + its eos), "own", "default", "plain", a Jinja template or a file holding one. The model
+            keeps it (checkpoints, generation and the gold evaluation render the same way).
         num_records: Training records generated when `source` is "tasks" (train split of the task world).
         num_val_records: Validation records generated when `source` is "tasks" (val split).
         max_digits: Difficulty of the task world's arithmetic.
@@ -338,6 +343,7 @@ class SFTDataModule(TrainOrderState, pl.LightningDataModule):
         hub_name: str | None = None,
         hub_split: str = "train",
         system_prompt: str | None = None,
+        chat_template: str | None = None,
         num_records: int = 4000,
         num_val_records: int = 200,
         max_digits: int = 2,
@@ -358,6 +364,7 @@ class SFTDataModule(TrainOrderState, pl.LightningDataModule):
         self.val_source, self.val_fraction = val_source, val_fraction
         self.hub_name, self.hub_split = hub_name, hub_split
         self.system_prompt, self.num_records, self.num_val_records = system_prompt, num_records, num_val_records
+        self.chat_template, self.chat_template_note = chat_template, None
         self.max_digits, self.max_length, self.truncation = max_digits, max_length, truncation
         self.packing, self.train_on_prompt, self.skip_invalid = packing, train_on_prompt, skip_invalid
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
@@ -375,7 +382,10 @@ class SFTDataModule(TrainOrderState, pl.LightningDataModule):
         keys = ("format", "fields", "val_source", "val_fraction", "hub_name", "hub_split", "system_prompt",
                 "num_records", "num_val_records", "max_digits", "max_length", "truncation", "train_on_prompt",
                 "skip_invalid", "seed")
-        return {k: getattr(self, k) for k in keys}
+        options = {k: getattr(self, k) for k in keys}
+        if self.chat_template is not None:  # unset: the fingerprints of earlier runs stay valid
+            options["chat_template"] = self.chat_template
+        return options
 
     def _model_tokenizer(self) -> Tokenizer:
         """The model's tokenizer, after checking that `max_length` fits the model's context."""
@@ -395,21 +405,20 @@ class SFTDataModule(TrainOrderState, pl.LightningDataModule):
             return ({"train": list(enumerate(train)), "val": list(enumerate(val))},
                     RecordReader("alpaca", {}, "tasks/train", self.system_prompt),
                     RecordReader("alpaca", {}, "tasks/val", self.system_prompt))
-        ds = load_source(self.source, self.hub_split, self.hub_name)
-        reader = self._reader(ds, self.source)
-        records = list(enumerate(ds.to_list()))
+        records = load_records(self.source, self.hub_split, self.hub_name)
+        reader, rows = self._reader(records), list(enumerate(records.rows))
         if self.val_source is not None:
-            val_ds = load_source(self.val_source, self.hub_split, self.hub_name)
-            return ({"train": records, "val": list(enumerate(val_ds.to_list()))}, reader,
-                    self._reader(val_ds, self.val_source))
-        train, val = holdout_split(records, self.val_fraction, self.seed, self.source)
+            val = load_records(self.val_source, self.hub_split, self.hub_name)
+            return {"train": rows, "val": list(enumerate(val.rows))}, reader, self._reader(val)
+        train, val = holdout_split(rows, self.val_fraction, self.seed, self.source)
         return {"train": train, "val": val}, reader, reader
 
-    def _reader(self, ds: datasets.Dataset, source: str) -> RecordReader:
+    def _reader(self, records: Records) -> RecordReader:
         """A reader for a loaded source, after checking that its format's required columns exist."""
-        fmt = detect_format(ds.column_names, self.fields, source) if self.format == "auto" else self.format
-        reader = RecordReader(fmt, self.fields, source, self.system_prompt, RowNames(source, len(ds)))
-        require_fields(ds, [reader.name(name) for name in REQUIRED_COLUMNS[fmt]], source)
+        columns, source = records.columns, records.source
+        fmt = detect_format(columns, self.fields, source) if self.format == "auto" else self.format
+        reader = RecordReader(fmt, self.fields, source, self.system_prompt, records.where)
+        require_fields(columns, [reader.name(name) for name in REQUIRED_COLUMNS[fmt]], source)
         return reader
 
     def build_examples(self, records: list[tuple[int, dict]], reader: RecordReader, tokenizer: Tokenizer,
@@ -461,11 +470,14 @@ class SFTDataModule(TrainOrderState, pl.LightningDataModule):
         return split_loss(source, split, "example", stats.records, losses, hints)
 
     def _warn_losses(self, split: str, stats: SFTStats) -> None:
-        lost = {k: v for k, v in stats.to_dict().items()
-                if k in ("skipped_invalid", "truncated", "dropped_too_long", "dropped_no_target") and v}
-        if lost:
-            hint = f"; first skipped record: {stats.first_error}" if stats.first_error else ""
-            rank_zero_warn(f"SFT {split} data ({stats.records} records): {lost}{hint}")
+        examples = stats.records - stats.skipped_invalid
+        warning = losses_warning("SFT", split, stats, {
+            "skipped_invalid": "{n} records skipped as invalid",
+            "truncated": f"{{n}} of {examples} examples cut to max_length={self.max_length} positions",
+            "dropped_too_long": f"{{n}} of {examples} examples dropped: longer than max_length={self.max_length}",
+            "dropped_no_target": "{n} examples dropped: no assistant token left to learn"})
+        if warning:
+            rank_zero_warn(warning)
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(self, self.datasets["train"], self.batch_size, self.seed,

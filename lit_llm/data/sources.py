@@ -9,18 +9,19 @@ Bad input (the README's "Bad input" table lists what each module does with it):
     bytes that are not UTF-8 (.txt, .jsonl, .json): the file, line and byte offset; files are checked before
         loading, because pyarrow accepts invalid bytes inside JSON strings and would fail only later.
     an empty file: named as such. A missing column: `FieldError` naming it and the columns there are.
-    a bad record: `RecordError` naming the file and line it came from (`RowNames`), or the 0-based record of
-        a parquet/hub source.
+    a bad record: `RecordError` naming the file and line it came from (`Records`), or the 0-based record of
+        a parquet/hub source. Records of JSON files are read by `json` itself (`load_records`), so a value is
+        reported as written: `datasets` would turn a column of mixed strings and numbers into numbers.
 """
 
 import difflib
 import hashlib
 import json
 import math
-from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -138,11 +139,11 @@ def load_source(source: str, split: str = "train", name: str | None = None) -> d
     return datasets.load_dataset(source, name, split=split)
 
 
-def require_fields(ds: datasets.Dataset, fields: list[str], source: str) -> None:
+def require_fields(columns: Sequence[str], fields: list[str], source: str) -> None:
     """Raise a clear error naming a missing field and the available ones."""
     for field in fields:
-        if field not in ds.column_names:
-            raise FieldError(f"{source}: no field {field!r}; available fields: {ds.column_names}")
+        if field not in columns:
+            raise FieldError(f"{source}: no field {field!r}; available fields: {list(columns)}")
 
 
 def check_field_names(fields: dict[str, str], canonical: Sequence[str]) -> None:
@@ -158,47 +159,110 @@ def load_texts(source: str, text_field: str = "text", split: str = "train",
                name: str | None = None) -> tuple[list[str], int]:
     """The non-empty texts of one field of a source, and how many rows were skipped as empty or missing."""
     ds = load_source(source, split, name)
-    require_fields(ds, [text_field], source)
+    require_fields(ds.column_names, [text_field], source)
     texts = [t for t in ds[text_field] if isinstance(t, str) and t.strip()]
     return texts, len(ds) - len(texts)
 
 
-class RowNames:
-    """Names row i of a loaded source in error messages: `file.jsonl:LINE` for JSON-lines files (the line the row
-    was read from, blank lines skipped as `datasets` skips them), else `source, record i` (0-based).
+@dataclass
+class Records:
+    """The records of one source, as their files hold them, with where each came from.
 
     Args:
         source: The source as configured.
-        num_rows: Rows `datasets` read from it (line numbers are used only when they account for every row).
+        rows: The records (dicts), values exactly as written: a JSON file's "84" stays a string.
+        places: Per record, its place for error messages: `file.jsonl:LINE` for JSON lines and JSON arrays,
+            `source, record i` (0-based) for parquet files and hub datasets.
     """
 
-    def __init__(self, source: str, num_rows: int) -> None:
-        self.source, self.num_rows = source, num_rows
-        self._files: list[tuple[Path, np.ndarray]] | None = None
-        self._starts: list[int] = []
+    source: str
+    rows: list[dict]
+    places: list[str]
 
-    def _lines(self) -> list[tuple[Path, np.ndarray]]:
-        """Per file, the line number of each of its rows (computed once, on first use)."""
-        if self._files is None:
-            self._files = []
-            path = Path(self.source)
-            files = local_files(path) if path.exists() else []
-            if files and all(f.suffix in (".jsonl", ".json") and not _is_json_document(f) for f in files):
-                for f in files:
-                    with open(f, "rb") as fh:
-                        self._files.append((f, np.array([n for n, raw in enumerate(fh, 1) if raw.strip()])))
-            if sum(len(lines) for _, lines in self._files) != self.num_rows:
-                self._files = []
-            self._starts = np.cumsum([0] + [len(lines) for _, lines in self._files]).tolist()
-        return self._files
+    @property
+    def columns(self) -> list[str]:
+        """Every field name some record has, in first-seen order."""
+        return list(dict.fromkeys(key for row in self.rows for key in row))
 
-    def __call__(self, row: int) -> str:
-        files = self._lines()
-        if not files:
-            return f"{self.source}, record {row}"
-        k = bisect_right(self._starts, row) - 1
-        path, lines = files[k]
-        return f"{path}:{lines[row - self._starts[k]]}"
+    def where(self, index: int) -> str:
+        return self.places[index]
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a JSON-lines file."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                try:
+                    yield number, json.loads(raw.decode("utf-8"))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: malformed JSON ({err.msg}, column {err.colno})") from None
+
+
+def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number of its start, parsed value) of every element of a file holding one JSON array."""
+    text, decoder = path.read_text(encoding="utf-8"), json.JSONDecoder()
+    pos = text.index("[") + 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            return
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg}, column {err.colno})") from None
+        yield text.count("\n", 0, pos) + 1, value
+        pos = end
+
+
+def read_json_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(place, record) of a .jsonl/.json file, parsed by `json` itself: no type is inferred or coerced (a column
+    of mixed types would be, by pyarrow and `datasets`)."""
+    rows = _json_array(path) if _is_json_document(path) else _json_lines(path)
+    for line, record in rows:
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line}: expected a JSON object, got {type(record).__name__}")
+        yield f"{path}:{line}", record
+
+
+def load_records(source: str, split: str = "train", name: str | None = None) -> Records:
+    """The records of a local file or folder (JSON lines, JSON arrays, parquet) or of a hub dataset."""
+    path = Path(source)
+    if not path.exists():
+        ds = load_source(source, split, name)  # a hub name (a missing local path raises there)
+        return Records(source, ds.to_list(), [f"{source}, record {i}" for i in range(len(ds))])
+    files = local_files(path)
+    if files[0].suffix not in (".jsonl", ".json", ".parquet"):
+        raise ValueError(f"{source}: records come from .jsonl, .json or .parquet files, not {files[0].suffix}")
+    if files[0].suffix == ".parquet":
+        ds = load_local(path)
+        return Records(source, ds.to_list(), [f"{source}, record {i}" for i in range(len(ds))])
+    if not any(check_utf8(f) for f in files):
+        raise ValueError(f"{source}: no records (the file is empty)" if len(files) == 1
+                         else f"{source}: no records (every file is empty)")
+    places, rows = [], []
+    for f in files:
+        for place, record in read_json_records(f):
+            places.append(place)
+            rows.append(record)
+    return Records(source, rows, places)
+
+
+def losses_warning(what: str, split: str, stats: Any, phrases: dict[str, str]) -> str | None:
+    """One warning line for what a split lost, each count with its unit, or None when nothing was lost.
+
+    Args:
+        what: The data ("SFT", "preference", "PPO prompt").
+        split: "train" or "val".
+        stats: The split's stats: counts as attributes, `records` and `first_error` among them.
+        phrases: Count name -> its phrase, "{n}" standing for the count ("{n} of 624 sequences cut to ...").
+    """
+    parts = [phrase.format(n=getattr(stats, key)) for key, phrase in phrases.items() if getattr(stats, key, 0)]
+    if not parts:
+        return None
+    hint = f"; first skipped record: {stats.first_error}" if getattr(stats, "first_error", None) else ""
+    return f"{what} {split} data ({stats.records} records): {'; '.join(parts)}{hint}"
 
 
 def split_loss(source: str, split: str, what: str, records: int, losses: dict[str, int],
@@ -243,10 +307,13 @@ def holdout_split(records: list, val_fraction: float, seed: int, source: str) ->
 
 def model_tokenizer(datamodule: "pl.LightningDataModule") -> "Tokenizer":
     """The tokenizer of the model a data module feeds (`trainer.lightning_module.tokenizer`), or one set on the
-    data module itself outside a Trainer. Stages after pretraining take the tokenizer from their checkpoint.
+    data module itself outside a Trainer, with the chat template the data module renders with. Stages after
+    pretraining take the tokenizer from their checkpoint.
 
-    Every caller renders chats, so a tokenizer that cannot (no chat template and not our chat special tokens,
-    e.g. a foreign Hugging Face directory) is refused here, before any data is read."""
+    Every caller renders chats. The template is `datamodule.chat_template` (`Tokenizer.pick_chat_template`: by
+    default the tokenizer's own, else the default one when it has its tokens, else the plain-text one, with a
+    warning); it is set on the model's tokenizer, so the checkpoint, generation and the gold evaluation use the same
+    one, and recorded in `datamodule.chat_template_note` (a run param)."""
     trainer = getattr(datamodule, "trainer", None)
     module = trainer.lightning_module if trainer is not None else None
     tokenizer = getattr(module, "tokenizer", None) or getattr(datamodule, "tokenizer", None)
@@ -255,8 +322,15 @@ def model_tokenizer(datamodule: "pl.LightningDataModule") -> "Tokenizer":
                            "(trainer.lightning_module.tokenizer) in setup(); outside a Trainer set "
                            "`datamodule.tokenizer` first")
     try:
-        tokenizer.check_chat()
+        template, note = tokenizer.pick_chat_template(getattr(datamodule, "chat_template", None))
     except ValueError as err:
         origin = f" (init_from {module.init_from})" if getattr(module, "init_from", None) else ""
         raise ValueError(f"{type(datamodule).__name__}: the model's tokenizer{origin}: {err}") from None
+    if note.startswith("plain (fallback"):
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(f"{type(datamodule).__name__}: chat template {note}; choose another with "
+                       f"--data.init_args.chat_template")
+    tokenizer.chat_template = template
+    datamodule.chat_template_note = note
     return tokenizer

@@ -56,6 +56,7 @@ class StageModule(pl.LightningModule):
         loaded = load_backbone(init_from)
         self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
         self.model.activation_checkpointing = activation_checkpointing
+        self.model.train()  # an imported model comes in eval mode (for inference); a stage trains it (dropout on)
         return loaded
 
     # ------------------------------------------------------------------------------- frozen models
@@ -106,6 +107,8 @@ class StageModule(pl.LightningModule):
         if not stats:
             return
         params = {f"data_stats.{split}.{k}": v for split, s in stats.items() for k, v in s.to_dict().items()}
+        if getattr(datamodule, "chat_template_note", None):
+            params["data_stats.chat_template"] = datamodule.chat_template_note
         for logger in self.loggers:
             logger.log_hyperparams(params)
 
