@@ -14,6 +14,7 @@ Deliberate simplifications:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,9 +197,18 @@ def export_hf(model: Transformer, tokenizer: Tokenizer | None, out_dir: str | Pa
     names = hf_param_names(model.config)
     tensors = {hf: ours[name].detach().to("cpu", torch.float32).contiguous().clone() for name, hf in names.items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _readable_like_the_rest(out / "model.safetensors")
     if tokenizer is not None:
         tokenizer.save(out)
     return out
+
+
+def _readable_like_the_rest(path: Path) -> None:
+    """safetensors writes through a private temporary file (mode 0600); give the weights the mode every other file
+    of the export gets (0666 less the umask, usually 0644), so whoever can read the folder can load the model."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _write_json(path: Path, obj: dict) -> None:

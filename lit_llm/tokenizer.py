@@ -62,7 +62,7 @@ import jinja2
 import jinja2.ext
 import tokenizers
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 
 SPECIAL_TOKENS = {
     "bos": "<|begin_of_text|>",
@@ -82,6 +82,19 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
+
+# For a base model whose tokenizer has neither a chat template nor our chat tokens (a sentencepiece Llama-2, say):
+# Alpaca's plain-text turns, each answer closed by the tokenizer's own eos (the token generation stops at).
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
+    "{% else %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
+)
+CHAT_TEMPLATE_CHOICES = ("auto", "own", "default", "plain")
 
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -214,6 +227,13 @@ def _check_messages(messages: list[dict], roles: Sequence[str] | None) -> None:
             raise ValueError(f"unknown role {message.get('role')!r}; the default template knows {roles}")
 
 
+def _pipeline(backend: tokenizers.Tokenizer) -> dict:
+    """What decides a tokenizer's ids in `encode`: its JSON without the post-processor, which `encode` never runs."""
+    state = json.loads(backend.to_str())
+    state.pop("post_processor", None)
+    return state
+
+
 # ------------------------------------------------------------------------------------------------- class
 class Tokenizer:
     """Thin wrapper over a ``tokenizers.Tokenizer`` with special-token ids and chat rendering.
@@ -328,21 +348,37 @@ class Tokenizer:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / "tokenizer.json"))
+        self._with_bos_post_processor().save(str(directory / "tokenizer.json"))
         config: dict[str, Any] = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": self._special["bos"],
             "eos_token": self._special["eos"],
             "pad_token": self._special["pad"],  # null when absent: loaders then fall back to eos themselves
-            "chat_template": self.chat_template or DEFAULT_CHAT_TEMPLATE,
+            "add_bos_token": self.bos_id is not None,  # documents and prompts start with bos here (`encode(bos=...)`)
+            "add_eos_token": False,
             "clean_up_tokenization_spaces": False,  # decoding must not touch spaces
         }
+        template, _ = self.pick_chat_template("auto")
+        if template != PLAIN_CHAT_TEMPLATE:  # no template rather than the fallback: a user may add their own
+            config["chat_template"] = template or DEFAULT_CHAT_TEMPLATE
         if self._special["mask"] is not None:
             config["mask_token"] = self._special["mask"]
         if model_max_length is not None:
             config["model_max_length"] = model_max_length
         text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
         (directory / "tokenizer_config.json").write_text(text, encoding="utf-8")
+
+    def _with_bos_post_processor(self) -> tokenizers.Tokenizer:
+        """The backend for `tokenizer.json`: with a post-processor that starts every text with bos (when there is
+        one and the file has no post-processor of its own), so `transformers`' tokenizer gives the ids this class
+        trains and generates with. `encode` never runs it (it adds bos itself), so it is left out of `difference`."""
+        if self.bos_id is None or self.backend.post_processor is not None:
+            return self.backend
+        backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
+        bos = self._special["bos"]
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                               special_tokens=[(bos, self.bos_id)])
+        return backend
 
     # ------------------------------------------------------------------------------------ properties
     @property
@@ -460,6 +496,47 @@ class Tokenizer:
                              "are not in the vocabulary; use a tokenizer that has them (Tokenizer.train and "
                              "Tokenizer.byte_level add them) or one whose tokenizer_config.json has a chat_template")
 
+    def pick_chat_template(self, choice: str | None = None) -> tuple[str | None, str]:
+        """The chat template a chat data module renders with, and how it was chosen (for the run's params).
+
+        Args:
+            choice: "auto" (None): the tokenizer's own template, else the default one when the tokenizer has its
+                tokens, else the plain-text one (`PLAIN_CHAT_TEMPLATE`, "### Instruction:" / "### Response:" + its
+                eos); "own", "default", "plain" for one of them; or a Jinja template, or the path of a file holding
+                one (e.g. a model's `chat_template.jinja`).
+
+        Returns:
+            (template for `Tokenizer.chat_template`, None meaning the default one; a one-line description).
+        """
+        choice = choice or "auto"
+        markers = [SPECIAL_TOKENS[role] for role in (*CHAT_ROLES, "end_of_turn")]
+        missing = [m for m in markers if self.backend.token_to_id(m) is None]
+        if choice == "auto":
+            if self.chat_template is not None:
+                return self.chat_template, "own (the tokenizer's chat_template)"
+            if not missing:
+                return None, "default (<|user|> ... <|end|> tokens)"
+            return PLAIN_CHAT_TEMPLATE, (f"plain (fallback: the tokenizer has no chat_template and no "
+                                         f"{', '.join(missing)} tokens; '### Instruction:' / '### Response:' + eos)")
+        if choice == "own":
+            if self.chat_template is None:
+                raise ValueError("chat_template='own': this tokenizer has no chat template of its own")
+            return self.chat_template, "own (the tokenizer's chat_template)"
+        if choice == "default":
+            if missing:
+                raise ValueError(f"chat_template='default' needs the tokens {', '.join(missing)}, which this "
+                                 f"tokenizer lacks; use 'plain' or a template of its own")
+            return None, "default (<|user|> ... <|end|> tokens)"
+        if choice == "plain":
+            return PLAIN_CHAT_TEMPLATE, "plain ('### Instruction:' / '### Response:' + eos)"
+        if "{{" in choice or "{%" in choice:
+            return choice, "given (a Jinja template)"
+        path = Path(choice)
+        if not path.is_file():
+            raise ValueError(f"chat_template={choice!r}: expected one of {CHAT_TEMPLATE_CHOICES}, a Jinja template "
+                             f"or the path of a file holding one (no such file)")
+        return path.read_text(encoding="utf-8"), f"from {path}"
+
     def difference(self, other: Tokenizer) -> str | None:
         """How `other` would give token ids another meaning, or None when both tokenize alike: the first
         mismatching special token or id, the vocabulary size, the first id naming another token, the chat
@@ -480,7 +557,7 @@ class Tokenizer:
                 return f"id {i} is {mine_token!r} here, {their_token!r} there"
         if self.chat_template != other.chat_template:
             return "the chat templates differ"
-        if self.backend.to_str() != other.backend.to_str():
+        if _pipeline(self.backend) != _pipeline(other.backend):
             return "same vocabulary, but the merges, normalizer or pre-tokenizer differ"
         return None
 

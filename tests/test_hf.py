@@ -152,3 +152,40 @@ def test_tokenizer_export_matches_transformers_autotokenizer(tmp_path, kind):
     assert hf_tok.encode(text, add_special_tokens=False) == tokenizer.encode(text)
     _, loaded_tok = load_hf(tmp_path)
     assert loaded_tok is not None and loaded_tok.encode(text) == tokenizer.encode(text)
+
+
+# ------------------------------------------------------------------------------------ exports users load
+@pytest.fixture
+def exported(tiny_pretrain, tmp_path):
+    """The micro pretraining checkpoint exported as a Hugging Face directory, with what it was exported from."""
+    from lit_llm.checkpoint import load_backbone
+
+    loaded = load_backbone(tiny_pretrain / "checkpoints" / "last.ckpt")
+    return export_hf(loaded.model, loaded.tokenizer, tmp_path / "hf"), loaded
+
+
+def test_a_stage_started_from_a_hugging_face_directory_trains_in_train_mode(exported):
+    from lit_llm.stages.dpo import DPOModule
+    from lit_llm.stages.sft import SFTModule
+
+    directory, _ = exported
+    sft = SFTModule(str(directory), gold_eval_examples=0)
+    assert all(m.training for m in sft.model.modules())  # dropout on, as with one of our checkpoints
+    dpo = DPOModule(str(directory), gold_eval_examples=0)
+    assert all(m.training for m in dpo.model.modules()) and not dpo.reference.training
+
+
+def test_transformers_tokenizer_of_an_export_gives_our_ids_bos_included(exported):
+    directory, loaded = exported
+    theirs = transformers.AutoTokenizer.from_pretrained(directory)
+    for text in ("Q: What is 12 plus 7?\nA:", "hello  world\n", ""):
+        assert theirs(text)["input_ids"] == loaded.tokenizer.encode(text, bos=True)
+    chat = [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "4"}]
+    rendered = theirs.apply_chat_template(chat, tokenize=True)
+    assert list(getattr(rendered, "input_ids", rendered)) == loaded.tokenizer.render_chat(chat)[0]
+
+
+def test_every_exported_file_has_the_same_permissions(exported):
+    directory, _ = exported
+    modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+    assert len(set(modes.values())) == 1, modes
