@@ -12,7 +12,7 @@ import time
 import torch
 from torch import nn
 
-from lit_llm.callbacks import NonFiniteGuard
+from lit_llm.nonfinite import NonFiniteGuard
 from lit_llm.model import ModelConfig, Transformer
 
 SIZES = {"tiny (4x128, 0.85M parameters)": ModelConfig(n_layer=4, n_head=4, n_kv_head=2, d_model=128, vocab_size=512),

@@ -12,7 +12,7 @@ import argparse
 import math
 
 from lit_llm.checkpoint import load_backbone
-from lit_llm.data.tasks import make_examples
+from lit_llm.world import make_examples
 from lit_llm.evaluation import gold_eval
 
 

@@ -27,7 +27,9 @@ import lightning.pytorch as pl
 import torch
 
 from lit_llm.data.prompts import PromptDataModule
+from lit_llm.rollout import RolloutConfig
 from lit_llm.stages.ppo import PPOModule
+from lit_llm.stages.ppo_parts import PPOUpdate
 
 KEYS = ("time_generate_s", "time_score_s", "time_update_s", "rollout_tokens_per_s", "response_length")
 
@@ -60,11 +62,12 @@ def parse_args() -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> list[dict[str, float]]:
     pl.seed_everything(0)
-    module = PPOModule(args.policy, args.reward, value_model=args.value_model, max_new_tokens=args.max_new_tokens,
-                       ppo_epochs=args.ppo_epochs, mini_batch_size=args.mini_batch_size, gold_eval_examples=0,
+    module = PPOModule(args.policy, args.reward, value_model=args.value_model,
+                       rollout=RolloutConfig(max_new_tokens=args.max_new_tokens),
+                       update=PPOUpdate(ppo_epochs=args.ppo_epochs, mini_batch_size=args.mini_batch_size),
                        rollout_table_every=0)
     data = PromptDataModule(num_prompts=args.batch_size * args.rollouts, num_val_prompts=1,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, tokenizer_from=args.policy)
     recorder = TimingRecorder()
     updates = args.ppo_epochs * -(-args.batch_size // args.mini_batch_size)
     trainer = pl.Trainer(accelerator="auto", devices=1, max_steps=updates * args.rollouts, logger=False,

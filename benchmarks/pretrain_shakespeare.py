@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
-from lit_llm.cli import main
+from lit_llm.commands import main
 from lit_llm.tracking import resolve_tracking_uri
 
 NANOGPT_VAL_LOSS = 1.88

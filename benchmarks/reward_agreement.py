@@ -29,9 +29,9 @@ import torch
 
 from lit_llm.checkpoint import load_backbone
 from lit_llm.data.preference import PreferenceCollator, PreferenceStats, RecordReader, encode_comparison
-from lit_llm.data.tasks import Example, is_correct, make_examples, preference_pairs
+from lit_llm.world import Example, is_correct, make_examples, preference_pairs
 from lit_llm.generation import generate, left_pad
-from lit_llm.stages.reward import load_reward_model
+from lit_llm.rollout import load_reward_model
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,5 +1,5 @@
 """`python -m lit_llm` is the `lit-llm` command."""
 
-from lit_llm.cli import main
+from lit_llm.commands import main
 
 main()

@@ -54,7 +54,9 @@ from lit_llm.generation import generate
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.optim import OptimConfig
 from lit_llm.stages.dpo import DPOModule
+from lit_llm.rollout import RolloutConfig
 from lit_llm.stages.ppo import PPOModule
+from lit_llm.stages.ppo_parts import PPOUpdate
 from lit_llm.stages.pretrain import PretrainLM
 from lit_llm.tokenizer import Tokenizer
 from lit_llm.tracking import git_sha, hardware
@@ -278,7 +280,7 @@ def bench_train_size(name: str, settings: Settings, peak_flops: float | None, lo
     batch = settings.train_batch or TRAIN_SHAPES[name][0]
     seq_len = settings.train_seq_len or TRAIN_SHAPES[name][1]
     torch.manual_seed(0)
-    module = PretrainLM(backbone=config, optim=OptimConfig(warmup_steps=0), gold_eval_examples=0, num_samples=0)
+    module = PretrainLM(backbone=config, optim=OptimConfig(warmup_steps=0))
     module.model = Transformer(config)  # configure_model keeps an existing model: no tokenizer needed
     steps = settings.warmup + settings.steps
     rows = fit_timed(module, random_batches(config.vocab_size, batch, seq_len, steps), settings, steps,
@@ -359,10 +361,10 @@ def write_rl_checkpoints(directory: Path, size: str) -> tuple[str, str]:
 def bench_dpo(settings: Settings, policy: str, log: Log) -> dict[str, Any]:
     """Median time of DPOModule's training step on task-world pairs (reference forward in every step)."""
     steps = settings.warmup + settings.steps
-    module = DPOModule(policy, optim=OptimConfig(warmup_steps=0), gold_eval_examples=0)
+    module = DPOModule(policy, optim=OptimConfig(warmup_steps=0))
     data = PreferenceDataModule(num_pairs=settings.dpo_batch_size * steps, num_ranked=0, num_val_pairs=1,
                                 num_val_ranked=0, max_length=settings.dpo_max_length,
-                                batch_size=settings.dpo_batch_size)
+                                batch_size=settings.dpo_batch_size, tokenizer_from=policy)
     rows = fit_timed(module, data, settings, steps, gradient_clip_val=1.0)
     step_s = median_of(rows, "step_s")
     result = {"size": settings.rl_size, "params": module.model.num_params(), "pairs": settings.dpo_batch_size,
@@ -376,11 +378,12 @@ def bench_dpo(settings: Settings, policy: str, log: Log) -> dict[str, Any]:
 def bench_ppo(settings: Settings, policy: str, reward: str, log: Log) -> dict[str, Any]:
     """Median time of one PPO iteration and its generate / score / update split (PPOModule's own timings)."""
     rollouts = settings.warmup + settings.steps
-    module = PPOModule(policy, reward, optim=OptimConfig(warmup_steps=0), max_new_tokens=settings.ppo_new_tokens,
-                       ppo_epochs=settings.ppo_epochs, mini_batch_size=settings.ppo_mini_batch_size,
-                       gold_eval_examples=0, rollout_table_every=0)
+    module = PPOModule(policy, reward, optim=OptimConfig(warmup_steps=0),
+                       rollout=RolloutConfig(max_new_tokens=settings.ppo_new_tokens),
+                       update=PPOUpdate(ppo_epochs=settings.ppo_epochs, mini_batch_size=settings.ppo_mini_batch_size),
+                       rollout_table_every=0)
     data = PromptDataModule(num_prompts=settings.ppo_batch_size * rollouts, num_val_prompts=1,
-                            max_prompt_length=256, batch_size=settings.ppo_batch_size)
+                            max_prompt_length=256, batch_size=settings.ppo_batch_size, tokenizer_from=policy)
     updates = settings.ppo_epochs * math.ceil(settings.ppo_batch_size / settings.ppo_mini_batch_size)
     rows = fit_timed(module, data, settings, updates * rollouts)
     result = {"size": settings.rl_size, "params": module.model.num_params(), "prompts": settings.ppo_batch_size,

@@ -1,4 +1,6 @@
-"""Callbacks shared by every stage: run metadata, checkpoints, throughput/MFU, and sample generations.
+"""Callbacks shared by every stage: run metadata, throughput/MFU, sample generations, predictions, compilation.
+(Checkpoints: `lit_llm.checkpointing`; NaN/inf: `lit_llm.nonfinite`; progress: `lit_llm.progress`; the gold
+evaluation: `lit_llm.evaluation`.)
 
 Stages never talk to MLflow directly; these callbacks read what a stage exposes (`stage`, `parent_run_id`,
 `samples`) and write it to the run.
@@ -6,20 +8,15 @@ Stages never talk to MLflow directly; these callbacks read what a stage exposes 
 
 import json
 import os
-import signal
-import sys
-import threading
 import time
-from datetime import timedelta
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only
 
-from lit_llm.tracking import MLflowLogger, flatten, git_sha, package_versions
+from lit_llm.tracking import MLflowLogger, flatten, run_tags
 
 
 def mlflow_logger(trainer: "pl.Trainer") -> MLFlowLogger | None:
@@ -80,119 +77,9 @@ class RunMetadata(pl.Callback):
 
     def tags(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, str]:
         datamodule = getattr(trainer, "datamodule", None)
-        tags = {
-            "lit_llm.stage": getattr(pl_module, "stage", type(pl_module).__name__),
-            "lit_llm.git_sha": git_sha(),
-            "lit_llm.seed": str(self.seed),
-            "lit_llm.data_fingerprint": str(getattr(datamodule, "fingerprint", "unknown")),
-        }
-        parent = getattr(pl_module, "parent_run_id", None)
-        if parent:
-            tags["lit_llm.parent_run_id"] = parent
-        tags.update({f"lit_llm.version.{k}": v for k, v in package_versions().items()})
-        return tags
-
-
-class StopRequested(SystemExit):
-    """Training stopped on SIGTERM or Ctrl-C after writing `last.ckpt`; the exit status is 128 + the signal's
-    number (143 for SIGTERM, 130 for SIGINT), as a shell reports a process stopped by it."""
-
-
-class StageCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose default directory is `<trainer.default_root_dir>/checkpoints`, with `last.ckpt`.
-
-    A fixed, predictable place per run directory lets a later stage's config name `init_from` ahead of time.
-    `last.ckpt` is always the newest state: it is written at every validation and epoch end, on the triggers below,
-    and overwritten in place by a resumed run (no `last-v1.ckpt`).
-
-    Args:
-        dirpath: Checkpoint folder (default `<trainer.default_root_dir>/checkpoints`).
-        save_last: Write `last.ckpt`.
-        every_n_train_steps: Also write it every N optimizer steps.
-        train_time_interval: Also write it when this much time ("h:m:s") has passed since the last write; None =
-            off. Unlike ModelCheckpoint's option of the same name, it adds to the other triggers instead of
-            replacing the saves at validation and epoch ends.
-        save_on_signal: On SIGTERM (a scheduler's preemption, `kill`) or a first Ctrl-C, finish the current step,
-            write `last.ckpt` and stop with exit status 128 + signal (143, 130); the MLflow run ends KILLED. A
-            second Ctrl-C stops at once. Resume with `--ckpt_path=last`.
-        enable_version_counter: Write `last-v1.ckpt` instead of overwriting an existing `last.ckpt`.
-        **kwargs: Other `ModelCheckpoint` options (`monitor`, `mode`, `filename`, ...).
-    """
-
-    def __init__(self, dirpath: str | None = None, save_last: bool = True, every_n_train_steps: int | None = None,
-                 train_time_interval: timedelta | None = timedelta(minutes=30), save_on_signal: bool = True,
-                 enable_version_counter: bool = False, **kwargs: Any) -> None:
-        super().__init__(dirpath=dirpath, save_last=save_last, every_n_train_steps=every_n_train_steps,
-                         enable_version_counter=enable_version_counter, **kwargs)
-        self.time_interval, self.save_on_signal = train_time_interval, save_on_signal
-        self._stop_signal: int | None = None
-        self._previous_handlers: dict[int, Any] = {}
-        self._last_write = time.monotonic()
-
-    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
-        super().setup(trainer, pl_module, stage)
-
-    # ------------------------------------------------------------------------------ stop on a signal
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Take SIGTERM and SIGINT over from here on (Lightning's own SIGTERM handler is installed just before and
-        would stop without a checkpoint); the trainer's teardown restores the handlers from before `fit`."""
-        self._last_write = time.monotonic()
-        if self.save_on_signal and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous_handlers[signum] = signal.signal(signum, self._request_stop)
-
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self._stop_signal = signum
-        rank_zero_warn(f"received {signal.Signals(signum).name}: stopping after this step, writing last.ckpt "
-                       f"first (Ctrl-C again to stop at once)")
-
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Write the final state when the last step was not a save point (max_steps between validations)."""
-        if self._last_global_step_saved != trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers = {}
-
-    # ------------------------------------------------------------------------------ extra triggers
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self._last_global_step_saved == trainer.global_step:
-            self._last_write = time.monotonic()
-        stop, due = self._agreed_triggers(trainer, pl_module)
-        if (stop or due) and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            self._last_write = time.monotonic()
-        if stop:
-            self._stop(trainer)
-
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        super().on_validation_end(trainer, pl_module)
-        if self._last_global_step_saved == trainer.global_step:
-            self._last_write = time.monotonic()
-
-    def _agreed_triggers(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> tuple[bool, bool]:
-        """(stop requested on any rank, write due on rank 0's clock): every rank must save, or stop, together."""
-        due = self.time_interval is not None and time.monotonic() - self._last_write >= \
-            self.time_interval.total_seconds()
-        flags = [float(self._stop_signal is not None), float(due)]
-        if trainer.world_size > 1:
-            flags = torch.tensor([flags[0], flags[1] * trainer.is_global_zero], device=pl_module.device)
-            flags = trainer.strategy.reduce(flags, reduce_op="sum").tolist()
-        return flags[0] > 0, flags[1] > 0
-
-    def _stop(self, trainer: "pl.Trainer") -> None:
-        signum = self._stop_signal or signal.SIGTERM
-        name = signal.Signals(signum).name
-        if trainer.is_global_zero:
-            print(f"stopped on {name} at step {trainer.global_step}: wrote {self.last_model_path}; resume with "
-                  f"--ckpt_path={self.last_model_path} (or run the same pipeline again)", file=sys.stderr, flush=True)
-        raise StopRequested(128 + int(signum))
+        return run_tags(getattr(pl_module, "stage", type(pl_module).__name__), seed=self.seed,
+                        fingerprint=str(getattr(datamodule, "fingerprint", "unknown")),
+                        parent_run_id=getattr(pl_module, "parent_run_id", None))
 
 
 class Throughput(pl.Callback):
@@ -317,84 +204,3 @@ class Compile(pl.Callback):
         for module in pl_module.modules():
             if isinstance(module, Block):
                 module.compile(backend=self.backend, mode=self.mode, dynamic=self.dynamic)
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN or infinite."""
-
-
-class NonFiniteGuard(pl.Callback):
-    """Stops the run, or skips the update, when a loss or a gradient is NaN or infinite.
-
-    The loss is checked before each backward pass and every gradient before each optimizer step (all ranks agree
-    on the verdict). "stop" raises `NonFiniteError` before the update, so the weights and the last checkpoint stay
-    the last good state. "skip" drops the update: every gradient is set to None, so the optimizer leaves each
-    parameter and its moments alone (the step counter and learning-rate schedule still advance). Each event is
-    recorded in MLflow: the tag `lit_llm.nonfinite` holds the last message, the metric `train/nonfinite_skipped`
-    counts skipped updates. On by default (action "stop"); configure it with
-    `--trainer.callbacks+=lit_llm.callbacks.NonFiniteGuard --trainer.callbacks.action=skip`.
-
-    Args:
-        action: "stop" or "skip".
-        max_skips: In "skip" mode, stop anyway after this many skipped updates (a run that keeps diverging
-            should not go on silently).
-    """
-
-    def __init__(self, action: str = "stop", max_skips: int = 10) -> None:
-        if action not in ("stop", "skip"):
-            raise ValueError(f"NonFiniteGuard action must be 'stop' or 'skip', got {action!r}")
-        self.action, self.max_skips = action, max_skips
-        self.skipped = 0
-        self._bad_loss: str | None = None
-
-    def on_before_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: Any) -> None:
-        if not torch.isfinite(loss.detach()).all():
-            self._bad_loss = f"loss {loss.detach().float().mean().item()}"
-            if self.action == "stop" and trainer.world_size == 1:  # with several ranks, decide together below
-                self.fail(trainer, self._bad_loss)
-
-    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
-                                 optimizer: Any) -> None:
-        bad = self.nonfinite_gradients(pl_module, optimizer)
-        flagged = torch.tensor(float(bool(bad) or self._bad_loss is not None), device=pl_module.device)
-        if float(trainer.strategy.reduce(flagged, reduce_op="sum")) == 0:
-            return
-        what = self._bad_loss or (f"gradients of {', '.join(bad[:3])}" + (" ..." if len(bad) > 3 else "")
-                                  if bad else "gradients on another rank")
-        self._bad_loss = None
-        if self.action == "stop" or self.skipped >= self.max_skips:
-            self.fail(trainer, what)
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                param.grad = None
-        self.skipped += 1
-        self.record(trainer, f"non-finite {what} at step {trainer.global_step}: update skipped "
-                             f"({self.skipped} so far)")
-
-    @staticmethod
-    def nonfinite_gradients(pl_module: "pl.LightningModule", optimizer: Any) -> list[str]:
-        """Names of the parameters whose gradient holds a NaN or inf (one sync for all of them)."""
-        names = {id(p): n for n, p in pl_module.named_parameters()}
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not params:
-            return []
-        norms = torch.stack(torch._foreach_norm([p.grad for p in params]))
-        bad = (~torch.isfinite(norms)).nonzero().flatten().tolist()
-        return [names.get(id(params[i]), "?") for i in bad]
-
-    def fail(self, trainer: "pl.Trainer", what: str) -> None:
-        last = next((c.last_model_path for c in trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")),
-                    None)
-        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-        message = (f"non-finite {what} at step {trainer.global_step} (epoch {trainer.current_epoch}); stopped before "
-                   f"the update, so {where}. Lower the learning rate, clip gradients, or skip such batches with "
-                   f"NonFiniteGuard(action='skip')")
-        self.record(trainer, message)
-        raise NonFiniteError(message)
-
-    def record(self, trainer: "pl.Trainer", message: str) -> None:
-        rank_zero_warn(message)
-        logger = mlflow_logger(trainer)
-        if logger is not None and trainer.is_global_zero:
-            logger.experiment.set_tag(logger.run_id, "lit_llm.nonfinite", message[:5000])
-            logger.log_metrics({"train/nonfinite_skipped": float(self.skipped)}, step=trainer.global_step)

@@ -307,6 +307,27 @@ def backbone_state(state_dict: dict[str, torch.Tensor], prefix: str = "model.") 
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
+def load_tokenizer(source: str | Path) -> Tokenizer:
+    """The tokenizer of a lit_llm checkpoint (file or sharded folder) or a Hugging Face directory, read without
+    loading any weights: what a data module tokenizes with (`tokenizer_from`)."""
+    source = Path(source)
+    if source.is_dir() and not is_sharded_checkpoint(source):
+        if not (source / "tokenizer.json").is_file():
+            raise ValueError(f"{source} has no tokenizer.json; a model never travels without its tokenizer")
+        return Tokenizer.from_file(source / "tokenizer.json")
+    if is_sharded_checkpoint(source):
+        verify_sharded_checkpoint(source)
+        meta = _load_plain(source / SHARDED_META_FILE, str(source / SHARDED_META_FILE))
+    else:
+        if not source.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {source}")
+        try:
+            meta = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            meta = read_checkpoint(source)  # its error names the file and why
+    return Tokenizer.from_json(checkpoint_stage_meta(meta, source)["tokenizer"])
+
+
 def load_backbone(source: str | Path, prefix: str = "model.") -> LoadedModel:
     """Load a backbone and its tokenizer from a lit_llm checkpoint file or a Hugging Face Llama directory.
 

@@ -1,18 +1,16 @@
-"""The `lit-llm` command: Lightning's fit/validate/test/predict plus lit_llm's own commands.
-
-`lit-llm fit --config configs/pretrain/tiny.yaml` runs a stage through `LitLLMCLI`, a LightningCLI whose model
-and data are chosen by class path in the config. Every run logs to MLflow (see `tracking.py`), records its
-metadata (`callbacks.RunMetadata`) and checkpoints to `<trainer.default_root_dir>/checkpoints/last.ckpt`.
-Other commands (`generate`, `export`, ...) are plain functions registered in `COMMANDS`.
+"""`lit-llm fit|validate|test|predict`: a stage run through `LitLLMCLI`, a LightningCLI whose model and data are
+chosen by class path in the config. Every run logs to MLflow (`tracking.py`), records its metadata
+(`callbacks.RunMetadata`), is scored by the gold evaluation (`evaluation.GoldEval`) and checkpoints to
+`<trainer.default_root_dir>/checkpoints/last.ckpt` (`checkpointing.StageCheckpoint`). The `lit-llm` command table
+is `commands.py`.
 """
 
-import difflib
 import logging
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -23,15 +21,16 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_llm.callbacks import (NonFiniteGuard, PredictionWriter, RunMetadata, SampleGenerations, StageCheckpoint,
-                               Throughput)
+from lit_llm.callbacks import PredictionWriter, RunMetadata, SampleGenerations, Throughput
+from lit_llm.checkpointing import StageCheckpoint
+from lit_llm.nonfinite import NonFiniteGuard
+from lit_llm.evaluation import GoldEval
 from lit_llm.hints import exit_with_error
 from lit_llm.progress import Progress, StepProgressBar
 from lit_llm.checkpoint import SafeCheckpointIO, checkpoint_origin, guard_strategy_loads
 from lit_llm.stages.base import StageModule
 from lit_llm.tracking import MLflowLogger
 
-TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 class LitLLMArgumentParser(LightningArgumentParser):
@@ -78,12 +77,22 @@ class LitLLMCLI(LightningCLI):
             run=run,
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """The gold evaluation is a callback of every run, configured in its own section (`--gold.examples=512`,
+        or `gold:` in YAML): it scores any stage that generates, so it is no stage's parameter."""
+        parser.add_lightning_class_args(GoldEval, "gold")
+
     def before_instantiate_classes(self) -> None:
-        """Give each stage its own run directory unless the config names one."""
+        """Give each stage its own run directory unless the config names one, and point a record data module at the
+        model's starting checkpoint for its tokenizer: the tokenizer flows from the config to the data and from the
+        data to the model (`StageModule.setup`), never from a model to its data."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.get("default_root_dir") is None:
             stage = config.model.class_path.rsplit(".", 1)[-1].lower()
             config.trainer.default_root_dir = f"runs/{stage}"
+        data_args, model_args = config.data.get("init_args"), config.model.get("init_args")
+        if data_args is not None and "tokenizer_from" in data_args and data_args.tokenizer_from is None:
+            data_args.tokenizer_from = model_args.get("init_from") if model_args is not None else None
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads `--ckpt_path` here first (for saved hyperparameters); an unreadable file gets an error
@@ -149,6 +158,7 @@ class _DropTips(logging.Filter):
 
 
 def run_trainer_command(argv: list[str]) -> None:
+    """`lit-llm fit|validate|test|predict ...`: a LitLLMCLI run (argv starts with the subcommand)."""
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
     # We always pass args explicitly (in-process calls from tests and pipelines included), so Lightning's warning
@@ -157,38 +167,11 @@ def run_trainer_command(argv: list[str]) -> None:
     LitLLMCLI(args=argv)
 
 
-def command_table() -> dict[str, tuple[Callable[[list[str]], None], str]]:
-    """Every `lit-llm` command: name -> (handler taking the remaining argv, one-line help)."""
-    from lit_llm import commands
-
-    table = {name: (lambda argv, n=name: run_trainer_command([n, *argv]), f"Lightning's {name} of a stage")
-             for name in TRAINER_COMMANDS}
-    table.update(commands.COMMANDS)
-    return table
+def fit_outputs(root: str | Path) -> list[Path]:
+    """What a finished `lit-llm fit` leaves in its `trainer.default_root_dir`: the newest state, `last.ckpt`."""
+    return [Path(root) / "checkpoints" / "last.ckpt"]
 
 
-def print_overview(table: dict) -> None:
-    print("usage: lit-llm COMMAND [options]   (lit-llm COMMAND --help for a command's options)\n")
-    print("commands:")
-    for name, (_, help_text) in table.items():
-        print(f"  {name:<10} {help_text}")
-    print("\nexample: lit-llm fit --config configs/pretrain/tiny.yaml")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `lit-llm` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    table = command_table()
-    if not argv or argv[0] in ("-h", "--help"):
-        print_overview(table)
-        return
-    name, rest = argv[0], argv[1:]
-    if name not in table:
-        close = difflib.get_close_matches(name, table, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        sys.exit(f"lit-llm: unknown command '{name}'.{hint} Commands: {', '.join(table)}")
-    table[name][0](rest)
-
-
-if __name__ == "__main__":
-    main()
+def fit_run_id(root: str | Path) -> str | None:
+    """The MLflow run of a finished fit, from its last.ckpt."""
+    return checkpoint_origin(fit_outputs(root)[0])[0]

@@ -1,10 +1,10 @@
 """Rejection sampling (best-of-n), the data step of a Llama-3-style round: sample n responses per prompt from a
 policy, score them, keep the best for SFT and best-vs-worst as a new preference pair.
 
-Prompts are task-world prompts (`tasks.ppo_prompts`, default the train split), rendered with the chat template as
-in SFT and the gold evaluation. Responses are sampled with the KV cache (`generation.generate`) and end at the
-end-of-turn token, as in the reward model's training data. Scores come from a reward-stage checkpoint
-(`load_reward_model`, normalised as (r − mean)/std) or, with `reward="gold"`, from `tasks.gold_reward` (1/0).
+Prompts are task-world prompts (`world.ppo_prompts`, default the train split), rendered with the chat template as
+in SFT and the gold evaluation. Responses are sampled with the KV cache (`rollout.sample`, as PPO samples) and end
+at the end-of-turn token, as in the reward model's training data. Scores come from `rollout.reward_source`: a
+reward-stage checkpoint (normalised as (r − mean)/std) or, with `reward="gold"`, the task world's verifier (1/0).
 
 Outputs in `out`:
     sft.jsonl    Alpaca records {instruction, input, output, reward, task, key, answer}: the best response per
@@ -31,22 +31,31 @@ import argparse
 import json
 import random
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from lit_llm.checkpoint import load_backbone
-from lit_llm.data.prompts import render_prompt
-from lit_llm.data.tasks import ANSWER_FORMATS, gold_reward, is_correct, ppo_prompts, write_jsonl
-from lit_llm.generation import Generation, generate, left_pad
+from lit_llm.generation import left_pad
+from lit_llm.rollout import RewardSource, RolloutConfig, reward_source, sample
 from lit_llm.tokenizer import Tokenizer
-from lit_llm.tracking import get_or_create_experiment, git_sha, resolve_tracking_uri
+from lit_llm.world import ANSWER_FORMATS, is_correct, ppo_prompts, write_jsonl
+from lit_llm.tracking import log_batched, open_run, run_tags
 
 STAGE = "rejection_sampling"
-# (records of the batch's rows, their decoded responses, the generation) -> (rows,) float scores
-Scorer = Callable[[list[dict], list[str], Generation], torch.Tensor]
+RUN_ID_KEY = "mlflow_run_id"  # in stats.json, as in a checkpoint's and a prepared folder's metadata
+OUTPUTS = ("stats.json", "sft.jsonl", "pairs.jsonl")  # what a finished call leaves in --out
+
+
+def outputs(folder: Path) -> list[Path]:
+    """The files a finished `lit-llm rejection-sample --out folder` wrote (stats.json last)."""
+    return [Path(folder) / name for name in OUTPUTS]
+
+
+def run_id(folder: Path) -> str | None:
+    """The MLflow run of a finished call, from its stats.json."""
+    return json.loads((Path(folder) / "stats.json").read_text()).get(RUN_ID_KEY)
 
 
 @dataclass
@@ -68,46 +77,21 @@ class RejectionStats:
     num_edited_pairs: int = 0    # lines of edited_pairs.jsonl (with `edited`)
 
 
-def gold_scorer(records: list[dict], texts: list[str], generation: Generation) -> torch.Tensor:
-    """1.0 for a response stating the gold answer, else 0.0."""
-    return torch.tensor([gold_reward(rec, text) for rec, text in zip(records, texts)])
-
-
-def reward_model_scorer(path: str, policy_tokenizer: Tokenizer) -> Scorer:
-    """A scorer from a reward-stage checkpoint: the normalised reward at each sequence's last real token."""
-    from lit_llm.stages.reward import load_reward_model
-
-    scorer, tokenizer, mean, std = load_reward_model(path)
-    if tokenizer.to_json() != policy_tokenizer.to_json():
-        raise ValueError(f"the reward model {path} uses a different tokenizer than the policy")
-
-    @torch.no_grad()
-    def score(records: list[dict], texts: list[str], generation: Generation) -> torch.Tensor:
-        # prompt (left-padded) + response (up to its end-of-turn); score() finds the last real token
-        raw = scorer.score(generation.tokens, generation.attention_mask)
-        return ((raw - mean) / std).float().cpu()
-
-    return score
-
-
 @torch.no_grad()
-def sample_and_score(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict], n: int, scorer: Scorer,
+def sample_and_score(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict], n: int, source: RewardSource,
                      max_new_tokens: int, temperature: float, batch_size: int, seed: int,
                      system_prompt: str | None = None) -> tuple[list[list[str]], torch.Tensor]:
-    """n sampled responses per record and their scores: (texts [prompt][n], scores (prompts, n))."""
+    """n sampled responses per record and their (normalised) scores: (texts [prompt][n], scores (prompts, n))."""
     rows = [rec for rec in records for _ in range(n)]  # each prompt n times, adjacent
     generator = torch.Generator().manual_seed(seed)
-    stop = tokenizer.chat_stop_ids()
+    config, stop = RolloutConfig(max_new_tokens, temperature), tokenizer.chat_stop_ids()
     texts, scores = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        ids, mask = left_pad([render_prompt(tokenizer, r["prompt"], system_prompt) for r in chunk], tokenizer.pad_id)
-        out = generate(model, ids, mask, max_new_tokens, temperature=temperature, eos_id=stop,
-                       pad_id=tokenizer.pad_id, generator=generator)
-        chunk_texts = [tokenizer.decode([t for t, keep in zip(resp, keep_mask) if keep])
-                       for resp, keep_mask in zip(out.response.tolist(), out.response_mask.tolist())]
-        texts += chunk_texts
-        scores.append(scorer(chunk, chunk_texts, out))
+        ids, mask = left_pad([tokenizer.render_prompt(r["prompt"], system_prompt) for r in chunk], tokenizer.pad_id)
+        samples = sample(model, tokenizer, ids, mask, config, stop, generator)
+        texts += samples.texts
+        scores.append(source.normalize(source.score(chunk, samples.texts, samples.generation)).float().cpu())
     grouped = [texts[i : i + n] for i in range(0, len(texts), n)]
     return grouped, torch.cat(scores).view(len(records), n)
 
@@ -154,31 +138,22 @@ def edited_answer(response: str, gold: str, rng: random.Random) -> str:
 def edited_pairs(records: list[dict], texts: list[list[str]], seed: int) -> list[dict]:
     """Every distinct wrong sample of a prompt against its gold-answer edit (see the module docstring)."""
     rng, pairs = random.Random(seed), []
-    for rec, samples in zip(records, texts):
-        for sample in dict.fromkeys(samples):
-            if not is_correct(rec, sample):
-                pairs.append({"prompt": rec["prompt"], "chosen": edited_answer(sample, rec["answer"], rng),
-                              "rejected": sample, "task": rec["task"], "key": rec["key"], "answer": rec["answer"]})
+    for rec, responses in zip(records, texts):
+        for response in dict.fromkeys(responses):
+            if not is_correct(rec, response):
+                pairs.append({"prompt": rec["prompt"], "chosen": edited_answer(response, rec["answer"], rng),
+                              "rejected": response, "task": rec["task"], "key": rec["key"], "answer": rec["answer"]})
     return pairs
 
 
 def log_run(stats: RejectionStats, params: dict, out: Path, files: list[str], parent_run_id: str | None,
             experiment_name: str, run_name: str | None, tracking_uri: str | None) -> str:
     """Log the statistics as an MLflow run (child of the policy's run by tag); returns its id."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    experiment_id = get_or_create_experiment(client, experiment_name)
-    tags = {"lit_llm.stage": STAGE, "lit_llm.git_sha": git_sha()}
-    if parent_run_id:
-        tags["lit_llm.parent_run_id"] = parent_run_id
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    metrics = [Metric(f"rejection/{k}", float(v), 0, 0) for k, v in asdict(stats).items()]
-    client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
-    for name in files:
-        client.log_artifact(run_id, str(out / name))
-    client.set_terminated(run_id)
+    tags = run_tags(STAGE, seed=params.get("seed"), parent_run_id=parent_run_id)
+    with open_run(experiment_name, tags, run_name, tracking_uri) as (client, run_id):
+        log_batched(client, run_id, params, {f"rejection/{k}": float(v) for k, v in asdict(stats).items()})
+        for name in files:
+            client.log_artifact(run_id, str(out / name))
     return run_id
 
 
@@ -190,15 +165,15 @@ def rejection_sample(policy: str, reward: str, prompts: int, n: int, out: str | 
     """Sample, score, select, write sft.jsonl / pairs.jsonl / stats.json and log the MLflow run.
 
     Returns:
-        The statistics as a dict, with the MLflow run id under "run_id".
+        The statistics as a dict, with the MLflow run id under "mlflow_run_id".
     """
     if n < 2:
         raise ValueError(f"n must be >= 2 to form pairs, got {n}")
     loaded = load_backbone(policy)
     model = loaded.model.eval()
-    scorer = gold_scorer if reward == "gold" else reward_model_scorer(reward, loaded.tokenizer)
+    source = reward_source(reward, loaded.tokenizer)
     records = ppo_prompts(prompts, split, seed, max_digits=max_digits)
-    texts, scores = sample_and_score(model, loaded.tokenizer, records, n, scorer, max_new_tokens, temperature,
+    texts, scores = sample_and_score(model, loaded.tokenizer, records, n, source, max_new_tokens, temperature,
                                      batch_size, seed, system_prompt)
     sft, pairs, stats = select(records, texts, scores, n, min_reward)
     out = Path(out)
@@ -213,7 +188,7 @@ def rejection_sample(policy: str, reward: str, prompts: int, n: int, out: str | 
     params = {"policy": policy, "reward": reward, "temperature": temperature, "max_new_tokens": max_new_tokens,
               "seed": seed, "split": split, "max_digits": max_digits, "min_reward": min_reward, "edited": edited}
     files = ["stats.json", "sft.jsonl", "pairs.jsonl"] + (["edited_pairs.jsonl"] if edited else [])
-    result["run_id"] = log_run(stats, params, out, files, loaded.run_id, experiment_name, run_name, tracking_uri)
+    result[RUN_ID_KEY] = log_run(stats, params, out, files, loaded.run_id, experiment_name, run_name, tracking_uri)
     (out / "stats.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -485,6 +485,13 @@ class Tokenizer:
             return self._render_default(messages, add_generation_prompt)
         return self._render_jinja(messages, add_generation_prompt)
 
+    def render_prompt(self, text: str, system_prompt: str | None = None) -> list[int]:
+        """[system], user = `text`, then the assistant header: the tokens a model continues with its answer (PPO and
+        rejection-sampling prompts, the gold evaluation and `generate --chat` ask this way, as SFT trains)."""
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": text})
+        return self.render_chat(messages, add_generation_prompt=True)[0]
+
     def check_chat(self) -> None:
         """Raise unless chats can be rendered: the tokenizer has its own template, or the default template's
         role and end-of-turn markers as tokens. (Rendered as plain text instead, the markers would be several

@@ -1,123 +1,123 @@
-"""MLflow as the default logger, and the run metadata every stage records.
+"""MLflow: the default logger, the names of lit_llm's tags, and the runs every command records.
 
 The default store is the embedded `sqlite:///mlflow.db` in the working directory (MLflow 3 refuses the old
-`file:./mlruns` store); `MLFLOW_TRACKING_URI` or `tracking_uri` points it at a server instead.
+`file:./mlruns` store); `MLFLOW_TRACKING_URI` or `tracking_uri` points it at a server instead, which may fail
+without costing the training (`lit_llm.resilient`).
 
-A tracking server is a dependency that can fail; training must not. At the start an unreachable server is a clear
-error within seconds (or, with `fallback_tracking_uri`, a warning and a local store). Mid-run, `ResilientClient`
-keeps training going: it buffers what the server missed, re-probes it, and sends the buffer when it is back; what
-never got through is written to `<run dir>/mlflow_unsent_metrics.jsonl` (`send_unsent_metrics` sends it later).
+Every run a command makes carries the same tags (`run_tags`, names in `Tag`): its stage, git SHA and package
+versions, and where known its seed, data fingerprint and the run its weights came from. A stage's run is made by
+`MLflowLogger`; the runs of `prepare`, `rejection-sample` and `pipeline` by `open_run`; `report` reads them back by
+the same names.
 """
 
-import functools
-import inspect
-import json
 import logging
 import os
 import platform
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-from urllib.parse import urlparse
 
 import mlflow
+import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# MLflow's own tag: the UI nests a run under this run (display only; weights' lineage is lit_llm.parent_run_id)
-PARENT_RUN_TAG = "mlflow.parentRunId"
+from lit_llm.resilient import (UNSENT_METRICS_FILE, MLflowUnreachableError, ResilientClient, is_server,
+                               resolve_tracking_uri, server_down_reason, set_http_retry_defaults, start_tracking_uri,
+                               unreachable_message)
+
 TRACKED_PACKAGES = ("lit-llm", "torch", "lightning", "mlflow", "tokenizers", "datasets", "transformers")
-# MLflow retries a failed HTTP call 7 times with exponential backoff and a 120 s timeout: minutes per call, during
-# which training stands still. ResilientClient buffers and retries on its own, so a failing call may fail fast:
-# these apply (for http(s) servers) only where the user has not set them.
-HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-PROBE_TIMEOUTS_S = (3.0, 10.0, 30.0)  # each probe's timeout, tried in turn while the server does not answer
-UNSENT_METRICS_FILE = "mlflow_unsent_metrics.jsonl"
-UNSENT_TABLES_DIR = "mlflow_unsent_tables"  # beside it: the data of each table the server missed
-CHANGED_PARAMS_TAG = "lit_llm.resumed.changed_params"  # params a resumed run changed (MLflow keeps the first)
-# Calls that change the run are buffered while the server is away (in order); reads answer None meanwhile.
-BUFFERED_CALLS = ("log_", "set_", "update_run", "delete_tag")
-METRIC_CALLS = ("log_batch", "log_metric")
+MLFLOW_BATCH = 100  # MLflow's limit of params per log_batch call
 
 log = logging.getLogger(__name__)
 
 
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The explicit URI, else `MLFLOW_TRACKING_URI`, else the embedded sqlite store."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+class Tag:
+    """The tags lit_llm writes and reads (one name per fact, used by every command and by `report`)."""
+
+    STAGE = "lit_llm.stage"  # pretrain, sft, reward, ppo, dpo, prepare, rejection_sampling, pipeline
+    PARENT_RUN = "lit_llm.parent_run_id"  # the run that produced the starting weights (lineage)
+    DATA_RUN = "lit_llm.data_run_id"  # the data stages' runs a stage read (comma-separated)
+    GIT_SHA = "lit_llm.git_sha"
+    SEED = "lit_llm.seed"
+    FINGERPRINT = "lit_llm.data_fingerprint"
+    VERSION = "lit_llm.version."  # prefix: one tag per package
+    HARDWARE = "lit_llm.hardware."  # prefix: the pipeline's machine
+    PIPELINE = "lit_llm.pipeline"  # the recipe's name, on the pipeline's run and its stages'
+    PIPELINE_STAGE = "lit_llm.pipeline_stage"
+    RECIPE = "lit_llm.recipe"
+    ROOT = "lit_llm.root"
+    ROUND = "lit_llm.round"  # a Llama-3-style round
+    NONFINITE = "lit_llm.nonfinite"  # the last NaN/inf event
+    CHANGED_PARAMS = "lit_llm.resumed.changed_params"  # params a resumed run changed (MLflow keeps the first)
+    MLFLOW_PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one (display only)
 
 
-class MLflowUnreachableError(SystemExit):
-    """The tracking server does not answer when a run starts (and no fallback store is configured).
-
-    A SystemExit with the message, like the CLI's other configuration errors: `lit-llm` prints it without a
-    traceback and exits with status 1 (raised as an Exception, jsonargparse would bury it in a Union error).
-    """
+PARENT_RUN_TAG = Tag.MLFLOW_PARENT
 
 
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def server_down_reason(uri: str, timeouts: tuple[float, ...] = PROBE_TIMEOUTS_S) -> str | None:
-    """None when the tracking server answers `GET <uri>/health`, else why not (refused, timed out, HTTP 5xx).
-
-    Any answer below 500 counts as up: a server behind authentication may answer 401, and that is a live server.
-    A refused connection is final at once; a probe that times out is tried again with the next, longer timeout, so a
-    live server on a loaded machine is not taken for a dead one.
-    """
-    reason = "no probe"
-    for timeout in timeouts:
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-                return None
-        except urllib.error.HTTPError as err:
-            return None if err.code < 500 else f"HTTP {err.code}"
-        except (OSError, ValueError) as err:  # URLError (refused, unknown host), socket timeouts
-            reason = str(getattr(err, "reason", err))
-            if "timed out" not in reason.lower():
-                return reason
-    return reason
-
-
-def unreachable_message(uri: str, reason: str, from_env: bool) -> str:
-    where = urlparse(uri)
-    source = " (from MLFLOW_TRACKING_URI)" if from_env else ""
-    return (f"MLflow tracking server {uri}{source} is unreachable: {reason}. Start it (e.g. `mlflow server --host "
-            f"{where.hostname} --port {where.port or 5000} --backend-store-uri sqlite:///mlflow.db`), point "
-            f"MLFLOW_TRACKING_URI or --trainer.logger.init_args.tracking_uri at a running server, or log locally "
-            f"when it is down with --trainer.logger.init_args.fallback_tracking_uri=sqlite:///mlflow.db")
-
-
-def set_http_retry_defaults() -> None:
-    """MLflow's HTTP retry settings, capped (see HTTP_RETRY_DEFAULTS) unless the environment sets them."""
-    for name, value in HTTP_RETRY_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-
-
-def start_tracking_uri(uri: str, fallback: str | None, from_env: bool = False) -> str:
-    """`uri` when it is a store or a server that answers; else `fallback` with a warning; else a clear error."""
-    if not is_server(uri) or (reason := server_down_reason(uri)) is None:
-        return uri
-    if not fallback:
-        raise MLflowUnreachableError(unreachable_message(uri, reason, from_env))
-    log.warning(f"MLflow tracking server {uri} is unreachable ({reason}); this run logs to the fallback store "
-                f"{fallback} instead")
-    return fallback
+def run_tags(stage: str, seed: int | None = None, fingerprint: str | None = None, parent_run_id: str | None = None,
+             **extra: str) -> dict[str, str]:
+    """The tags of a run of `stage`: stage, git SHA, package versions, and the seed, data fingerprint and parent
+    run when given; `extra` adds more (by tag name)."""
+    tags = {Tag.STAGE: stage, Tag.GIT_SHA: git_sha()}
+    if seed is not None:
+        tags[Tag.SEED] = str(seed)
+    if fingerprint is not None:
+        tags[Tag.FINGERPRINT] = str(fingerprint)
+    if parent_run_id:
+        tags[Tag.PARENT_RUN] = parent_run_id
+    tags.update({f"{Tag.VERSION}{k}": v for k, v in package_versions().items()})
+    return {**tags, **extra}
 
 
 @contextmanager
-def tracking_uri_restored():
+def open_run(experiment_name: str, tags: dict[str, str], run_name: str | None = None,
+             tracking_uri: str | None = None, run_id: str | None = None) -> Iterator[tuple[Any, str]]:
+    """A run of a command that is no Lightning fit (prepare, rejection-sample, pipeline): yields (client, run_id),
+    the client resilient to a server that stops answering; the run ends FINISHED, or FAILED when the work raises
+    (KILLED when it is stopped). `run_id` reopens an existing run instead of creating one."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if is_server(uri):
+        set_http_retry_defaults()
+    client = MlflowClient(start_tracking_uri(uri, None))
+    if run_id is None:
+        experiment_id = get_or_create_experiment(client, experiment_name)
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    if is_server(uri):
+        client = ResilientClient(client, uri, reconnect_interval=30.0)
+    try:
+        yield client, run_id
+    except (KeyboardInterrupt, SystemExit):
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_batched(client: Any, run_id: str, params: dict[str, Any] | None = None,
+                metrics: dict[str, float] | None = None, step: int = 0) -> None:
+    """Params (as strings, None left out) and metrics of a run, in batches MLflow accepts."""
+    param_list = [Param(k, str(v)[:6000]) for k, v in (params or {}).items() if v is not None]
+    for i in range(0, len(param_list), MLFLOW_BATCH):
+        client.log_batch(run_id, params=param_list[i : i + MLFLOW_BATCH])
+    now = int(time.time() * 1000)
+    metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+    for i in range(0, len(metric_list), 1000):  # MLflow's limit of metrics per log_batch
+        client.log_batch(run_id, metrics=metric_list[i : i + 1000])
+
+
+@contextmanager
+def tracking_uri_restored() -> Iterator[None]:
     """Leave mlflow's process-wide tracking URI (and `MLFLOW_TRACKING_URI`) as they were."""
     env_before, uri_before = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
     try:
@@ -130,148 +130,6 @@ def tracking_uri_restored():
             os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
-class ResilientClient:
-    """The MlflowClient of one run, made to outlive its tracking server.
-
-    A call that fails while the server does not answer `GET <uri>/health` warns once and is buffered (reads answer
-    None); later calls do not reach for the server until a probe, at most every `reconnect_interval` seconds, finds
-    it back; then the buffer is sent in order. A call that fails while the server answers is a real error and raises.
-    """
-
-    def __init__(self, client: MlflowClient, uri: str, reconnect_interval: float) -> None:
-        self.client, self.uri, self.reconnect_interval = client, uri, reconnect_interval
-        self.pending: deque[tuple[str, tuple, dict]] = deque()
-        self.down_since: float | None = None
-        self._next_probe = 0.0
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "client":
-            raise AttributeError(name)
-        attr = getattr(self.client, name)
-        if not callable(attr):
-            return attr
-
-        @functools.wraps(attr)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._call(name, args, kwargs)
-
-        return call
-
-    def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
-        if not self.reconnect():
-            return self._defer(name, args, kwargs)
-        try:
-            return getattr(self.client, name)(*args, **kwargs)
-        except Exception:
-            reason = server_down_reason(self.uri)
-            if reason is None:
-                raise
-            self.down_since, self._next_probe = time.monotonic(), time.monotonic() + self.reconnect_interval
-            log.warning(f"MLflow tracking server {self.uri} stopped answering ({reason}); training goes on, metrics "
-                        f"are kept and sent when it is back (probed every {self.reconnect_interval:g} s)")
-            return self._defer(name, args, kwargs)
-
-    def _defer(self, name: str, args: tuple, kwargs: dict) -> None:
-        if name.startswith(BUFFERED_CALLS):
-            self.pending.append((name, args, kwargs))
-
-    def reconnect(self, force: bool = False) -> bool:
-        """Whether the server is up (after sending the buffer); while it is down, probes only when due or forced."""
-        if self.down_since is None:
-            return True
-        if not force and time.monotonic() < self._next_probe:
-            return False
-        self._next_probe = time.monotonic() + self.reconnect_interval
-        # one short probe: while the server is away, training should not wait on it every interval
-        return server_down_reason(self.uri, PROBE_TIMEOUTS_S[:1]) is None and self._flush()
-
-    def _flush(self) -> bool:
-        sent = 0
-        while self.pending:
-            name, args, kwargs = self.pending[0]
-            try:
-                getattr(self.client, name)(*args, **kwargs)
-                sent += 1
-            except Exception as err:
-                if server_down_reason(self.uri, PROBE_TIMEOUTS_S[:1]) is not None:
-                    return False  # gone again: keep the rest for the next probe
-                log.warning(f"MLflow: the server refused a buffered {name} call, dropped: {err}")
-            self.pending.popleft()
-        log.warning(f"MLflow tracking server {self.uri} is back after {time.monotonic() - self.down_since:.0f} s; "
-                    f"sent the {sent} calls it missed")
-        self.down_since = None
-        return True
-
-    def write_unsent(self, path: str) -> tuple[int, list[str]]:
-        """Append the buffered metric values and tables to the JSONL file `path` (each table's data in a JSON file
-        beside it, under `mlflow_unsent_tables/`) and empty the buffer.
-
-        Returns how many values and tables were written and the names of the other calls that were never sent."""
-        folder = os.path.join(os.path.dirname(os.path.abspath(path)), UNSENT_TABLES_DIR)
-        rows = []
-        for name, args, kwargs in self.pending:
-            rows += metric_rows(name, args, kwargs) or table_rows(name, args, kwargs, folder)
-        others = sorted({name for name, _, _ in self.pending if name not in (*METRIC_CALLS, "log_table")})
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        self.pending.clear()
-        return len(rows), others
-
-
-def metric_rows(name: str, args: tuple, kwargs: dict) -> list[dict]:
-    """Rows {run_id, key, value, step, timestamp} of an MlflowClient log_batch or log_metric call, else none."""
-    if name not in METRIC_CALLS:
-        return []
-    call = inspect.signature(getattr(MlflowClient, name)).bind(None, *args, **kwargs).arguments
-    if name == "log_metric":
-        return [{"run_id": call["run_id"], "key": call["key"], "value": call["value"], "step": call.get("step") or 0,
-                 "timestamp": call.get("timestamp")}]
-    return [{"run_id": call["run_id"], "key": m.key, "value": m.value, "step": m.step, "timestamp": m.timestamp}
-            for m in call.get("metrics") or []]
-
-
-def table_rows(name: str, args: tuple, kwargs: dict, folder: str) -> list[dict]:
-    """The row {run_id, table, artifact_file} of an MlflowClient log_table call, its data written to a JSON file in
-    `folder` (what `send_unsent_metrics` logs again); none for other calls."""
-    if name != "log_table":
-        return []
-    call = inspect.signature(MlflowClient.log_table).bind(None, *args, **kwargs).arguments
-    data = call["data"]
-    if not isinstance(data, dict):  # a pandas DataFrame
-        data = {column: list(values) for column, values in data.to_dict(orient="list").items()}
-    os.makedirs(folder, exist_ok=True)
-    file = os.path.join(folder, call["artifact_file"].replace("/", "__"))
-    with open(file, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    return [{"run_id": call["run_id"], "table": file, "artifact_file": call["artifact_file"]}]
-
-
-def send_unsent_metrics(path: str, tracking_uri: str | None = None) -> int:
-    """Send the metrics and tables of a `mlflow_unsent_metrics.jsonl` file to their runs; returns how many values
-    and tables were sent.
-
-    Args:
-        path: The file a run wrote because its tracking server was down at the end.
-        tracking_uri: Where the runs live; default `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`.
-    """
-    from mlflow.entities import Metric
-
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    for run_id in dict.fromkeys(row["run_id"] for row in rows):
-        metrics = [Metric(r["key"], r["value"], r["timestamp"] or int(time.time() * 1000), r["step"])
-                   for r in rows if r["run_id"] == run_id and "key" in r]
-        for i in range(0, len(metrics), 1000):  # MLflow's limit per log_batch
-            client.log_batch(run_id, metrics=metrics[i : i + 1000])
-    for row in rows:
-        if "table" in row:
-            with open(row["table"], encoding="utf-8") as f:
-                client.log_table(row["run_id"], data=json.load(f), artifact_file=row["artifact_file"])
-    return len(rows)
-
-
 class MLflowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger with lit_llm's defaults, robust to a tracking server that is down.
 
@@ -280,7 +138,7 @@ class MLflowLogger(MLFlowLogger):
     the server is probed (`GET <uri>/health`) before the run starts: an unreachable server is an error within
     seconds, or, with `fallback_tracking_uri`, a warning and a run in that store. If the server goes away mid-run,
     training goes on: metrics are buffered and sent when it is back; those it never got are written to
-    `<trainer.default_root_dir>/mlflow_unsent_metrics.jsonl` at the end (`lit_llm.tracking.send_unsent_metrics`
+    `<trainer.default_root_dir>/mlflow_unsent_metrics.jsonl` at the end (`lit_llm.resilient.send_unsent_metrics`
     sends them later).
 
     Args:
@@ -377,9 +235,9 @@ class MLflowLogger(MLFlowLogger):
         changed = [f"{k}: {logged[k]} -> {v}" for k, v in params.items() if k in logged and logged[k] != str(v)[:250]]
         super().log_hyperparams({k: v for k, v in params.items() if k not in logged})
         if changed:
-            previous = self.experiment.get_run(self.run_id).data.tags.get(CHANGED_PARAMS_TAG)
+            previous = self.experiment.get_run(self.run_id).data.tags.get(Tag.CHANGED_PARAMS)
             text = "; ".join(([previous] if previous else []) + changed)
-            self.experiment.set_tag(self.run_id, CHANGED_PARAMS_TAG, text[:5000])
+            self.experiment.set_tag(self.run_id, Tag.CHANGED_PARAMS, text[:5000])
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
@@ -400,7 +258,7 @@ class MLflowLogger(MLFlowLogger):
         lost = f"; also not sent: {', '.join(others)}" if others else ""
         log.warning(f"MLflow tracking server {self._tracking_uri} is still unreachable at the end of run "
                     f"{self._run_id}: the {count} metric values and tables it missed are in {path} (send them "
-                    f"with lit_llm.tracking.send_unsent_metrics){lost}")
+                    f"with lit_llm.resilient.send_unsent_metrics){lost}")
 
 
 @lru_cache(maxsize=1)
@@ -464,8 +322,6 @@ def hardware() -> dict[str, str]:
 
     Wall times mean little without it, and the load average says whether the machine was shared.
     """
-    import torch
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {"cpu": _cpu_model(), "cpu_cores": str(cores), "torch_threads": str(torch.get_num_threads()),
             "os": platform.platform()}

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from lit_llm.pipeline import PipelineError, recipe_from_dict, run_pipeline
+from lit_llm.pipeline.recipe import PipelineError, recipe_from_dict
+from lit_llm.pipeline.run import run_pipeline
 
 
 def recipe(cfg: dict, rounds: int) -> dict:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = yaml.safe_load(Path(args.config).read_text())
     rounds = args.rounds or cfg.get("rounds", 1)
     try:
-        rows = run_pipeline(recipe_from_dict(recipe(cfg, rounds), args.config), dry_run=args.dry_run, report=False)
+        rows = run_pipeline(recipe_from_dict(recipe(cfg, rounds), args.config), dry_run=args.dry_run, report_at_end=False)
     except PipelineError as err:
         raise SystemExit(f"llama3_rounds: {err}") from err
     if args.dry_run:

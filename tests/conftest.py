@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_llm.checkpoint import checkpoint_meta, load_backbone
-from lit_llm.cli import main
+from lit_llm.commands import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRETRAIN = str(REPO / "configs" / "pretrain" / "tiny.yaml")
@@ -47,7 +47,7 @@ def micro_pretrain_args(root: Path, cache: Path, steps: int = 8) -> list[str]:
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--trainer.logger.init_args.experiment_name=tests",
         "--model.init_args.backbone.n_layer=2", "--model.init_args.backbone.d_model=64",
-        "--model.init_args.gold_eval_examples=8", "--model.init_args.gold_max_new_tokens=4",
+        "--gold.examples=8", "--gold.max_new_tokens=4",
         "--data.init_args.num_docs=300", "--data.init_args.vocab_size=300", "--data.init_args.block_size=32",
         "--data.init_args.batch_size=8", "--data.init_args.val_samples=8", f"--data.init_args.cache_dir={cache}",
     ]

@@ -15,7 +15,7 @@ import tokenizers
 from tokenizers import AddedToken, models
 
 from lit_llm.checkpoint import load_backbone
-from lit_llm.cli import main
+from lit_llm.commands import main
 from lit_llm.data import prepare as prep
 from lit_llm.data.preference import PreferenceDataModule
 from lit_llm.data.prompts import PromptDataModule
@@ -279,7 +279,7 @@ def test_a_tokenizer_without_chat_tokens_falls_back_to_a_plain_template_with_a_w
     assert tokenizer.decode([t for t, m in zip(ids, mask) if m], skip_special=False) == "Yo</s>"
     dm = MODULES[kind](chat_template="default")
     dm.tokenizer = load_backbone(tmp_path).tokenizer
-    with pytest.raises(ValueError, match=r"the model's tokenizer: chat_template='default' needs the tokens "
+    with pytest.raises(ValueError, match=r"the tokenizer: chat_template='default' needs the tokens "
                                          r"<\|system\|>, <\|user\|>, <\|assistant\|>, <\|end\|>"):
         dm.setup("fit")
 

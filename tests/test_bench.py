@@ -13,7 +13,8 @@ import pytest
 
 from lit_llm.bench import PRESETS, random_batches
 from lit_llm.callbacks import Throughput
-from lit_llm.cli import LitLLMCLI, main
+from lit_llm.cli import LitLLMCLI
+from lit_llm.commands import main
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.stages.pretrain import PretrainLM
 from tests.conftest import TINY_PRETRAIN
@@ -90,7 +91,7 @@ def test_throughput_reads_the_peak_of_a_bench_json_and_logs_mfu(bench_files: tup
     assert Throughput(peak_flops=bench_files[0]).peak_flops == peak  # a Path too
     assert Throughput(peak_flops=2e9).peak_flops == 2e9
     config = ModelConfig(**PRESETS["tiny"])
-    module = PretrainLM(backbone=config, gold_eval_examples=0)
+    module = PretrainLM(backbone=config)
     module.model = Transformer(config)
     trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[Throughput(str(bench_files[0]), log_every_n_steps=2)])

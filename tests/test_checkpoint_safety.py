@@ -12,7 +12,7 @@ from lightning.fabric.strategies.fsdp import _distributed_checkpoint_save
 from lightning.pytorch.strategies import FSDPStrategy
 
 from lit_llm.checkpoint import guard_strategy_loads, read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from tests.conftest import micro_pretrain_args
 from tests.test_ddp import stage_args
 from tests.test_ppo import ckpt

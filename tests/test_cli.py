@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_llm.cli import main
+from lit_llm.commands import main
 from tests.conftest import micro_pretrain_args
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from lit_llm.checkpoint import read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from tests.conftest import micro_pretrain_args
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lit_llm.checkpoint import read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from tests.conftest import REPO, micro_pretrain_args
 from tests.test_dpo import DPO_TINY
 from tests.test_ppo import PPO_TINY, ckpt, metrics_of, micro_ppo_args
@@ -41,7 +41,7 @@ def test_ppo_under_ddp_each_rank_samples_its_own_rollouts(tiny_pretrain: Path, r
     root = tmp_path / "ppo-ddp"
     # the first rollout is a value warm-up: the policy's gradients are dropped after DDP has reduced them
     fit_ddp([*micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt),
-             "--model.init_args.value_warmup_rollouts=1"])
+             "--model.init_args.update.value_warmup_rollouts=1"])
     checkpoint = read_checkpoint(ckpt(root))
     states = checkpoint["lit_llm_ppo"]["generator_states"]
     assert states.shape[0] == 2 and not torch.equal(states[0], states[1])  # one generator per rank, distinct

@@ -10,7 +10,7 @@ import torch
 from mlflow import MlflowClient
 
 from lit_llm.checkpoint import read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from lit_llm.data.preference import PreferenceDataModule
 from lit_llm.losses import cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss, rpo_nll_loss
 from lit_llm.stages.dpo import DPOModule
@@ -52,7 +52,7 @@ def test_each_loss_variant_matches_hand_computation() -> None:
 
 # ----------------------------------------------------------------------------------------- the module
 def test_first_loss_is_ln2_and_reference_is_frozen_outside_the_module(tiny_pretrain: Path) -> None:
-    module = DPOModule(ckpt(tiny_pretrain), gold_eval_examples=0)
+    module = DPOModule(ckpt(tiny_pretrain))
     batch = next(iter(micro_data(module).train_dataloader()))
     out = module.compute(batch)
     assert abs(out["loss"].item() - math.log(2)) < 1e-6
@@ -74,15 +74,15 @@ class LossRecorder(pl.Callback):
 
 def fit_losses(init_from: str, precompute: bool, loss_type: str, root: Path) -> list[float]:
     pl.seed_everything(0)
-    module = DPOModule(init_from, precompute_ref_logprobs=precompute, loss_type=loss_type, rpo_alpha=0.5,
-                       gold_eval_examples=0)
+    module = DPOModule(init_from, precompute_ref_logprobs=precompute, loss_type=loss_type, rpo_alpha=0.5)
     module.optim.lr, module.optim.warmup_steps = 1e-2, 0  # move the policy away from the reference quickly
     recorder = LossRecorder()
     trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                          callbacks=[recorder], default_root_dir=root)
     trainer.fit(module, datamodule=PreferenceDataModule(num_pairs=12, num_ranked=4, num_val_pairs=4,
-                                                        num_val_ranked=0, max_length=64, batch_size=4))
+                                                        num_val_ranked=0, max_length=64, batch_size=4,
+                                                        tokenizer_from=init_from))
     assert (module.reference is None) == precompute  # freed after precomputing
     return recorder.losses
 
@@ -102,7 +102,7 @@ def test_micro_dpo_run_through_the_cli_keeps_the_reference_out_of_the_checkpoint
           "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.log_every_n_steps=2",
           f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
           "--trainer.enable_model_summary=false", "--trainer.logger.init_args.experiment_name=tests",
-          "--model.init_args.gold_eval_examples=4", "--model.init_args.gold_max_new_tokens=4",
+          "--gold.examples=4", "--gold.max_new_tokens=4",
           "--data.init_args.source=tasks", "--data.init_args.num_pairs=16", "--data.init_args.num_val_pairs=4",
           "--data.init_args.max_length=64", "--data.init_args.batch_size=4"])
     checkpoint = read_checkpoint(root / "checkpoints" / "last.ckpt")

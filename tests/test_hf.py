@@ -169,9 +169,9 @@ def test_a_stage_started_from_a_hugging_face_directory_trains_in_train_mode(expo
     from lit_llm.stages.sft import SFTModule
 
     directory, _ = exported
-    sft = SFTModule(str(directory), gold_eval_examples=0)
+    sft = SFTModule(str(directory))
     assert all(m.training for m in sft.model.modules())  # dropout on, as with one of our checkpoints
-    dpo = DPOModule(str(directory), gold_eval_examples=0)
+    dpo = DPOModule(str(directory))
     assert all(m.training for m in dpo.model.modules()) and not dpo.reference.training
 
 

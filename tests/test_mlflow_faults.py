@@ -16,8 +16,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from lit_llm.cli import main
-from lit_llm.tracking import UNSENT_METRICS_FILE, MLflowUnreachableError, send_unsent_metrics
+from lit_llm.commands import main
+from lit_llm.resilient import UNSENT_METRICS_FILE, MLflowUnreachableError, send_unsent_metrics
 from tests.conftest import MlflowServer, micro_pretrain_args
 
 

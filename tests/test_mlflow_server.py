@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from lit_llm.cli import main
+from lit_llm.commands import main
 from tests.conftest import MlflowServer, micro_pretrain_args
 
 

@@ -15,15 +15,16 @@ import yaml
 from mlflow import MlflowClient
 
 from lit_llm.checkpoint import read_checkpoint
-from lit_llm.cli import main
-from lit_llm.pipeline import PipelineError, check_configs, load_recipe, plan
+from lit_llm.commands import main
+from lit_llm.pipeline.recipe import PipelineError, load_recipe
+from lit_llm.pipeline.state import check_configs, plan
 from tests.conftest import REPO
 
 TINY_RECIPE = REPO / "configs" / "pipeline" / "tiny.yaml"
 # every fit stage: a few steps, quiet
 MICRO_FIT = ["--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=2",
              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-GOLD = ["--model.init_args.gold_eval_examples=4", "--model.init_args.gold_max_new_tokens=4"]
+GOLD = ["--gold.examples=4", "--gold.max_new_tokens=4"]
 SFT = [*GOLD, "--data.init_args.num_records=48", "--data.init_args.num_val_records=8",
        "--data.init_args.max_length=64", "--data.init_args.batch_size=4"]
 DPO = [*GOLD, "--data.init_args.max_length=64", "--data.init_args.batch_size=4", "--data.init_args.val_fraction=0.25"]
@@ -40,8 +41,8 @@ MICRO = {  # per stage of the tiny recipe: a smaller corpus, model and data
     "dpo": DPO,
     "judge-reward-edited": ["--model.init_args.stats_prompts=8", "--data.init_args.batch_size=4",
                             "--data.init_args.val_fraction=0.25"],
-    "ppo": [*GOLD, "--model.init_args.max_new_tokens=6", "--model.init_args.ppo_epochs=1",
-            "--model.init_args.mini_batch_size=4", "--data.init_args.num_prompts=32",
+    "ppo": [*GOLD, "--model.init_args.rollout.max_new_tokens=6", "--model.init_args.update.ppo_epochs=1",
+            "--model.init_args.update.mini_batch_size=4", "--data.init_args.num_prompts=32",
             "--data.init_args.num_val_prompts=4", "--data.init_args.batch_size=8"],
 }
 MICRO["judge-pretrain"] = [*MICRO["pretrain"], "--data.init_args.num_docs=100"]

@@ -12,11 +12,14 @@ import torch
 from mlflow import MlflowClient
 
 from lit_llm.checkpoint import load_backbone, read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from lit_llm.data.prompts import PromptDataModule, prompt_text, ptx_blocks
+from lit_llm.data.records import RecordReader
 from lit_llm.generation import Generation, generate
 from lit_llm.losses import masked_whiten
-from lit_llm.stages.ppo import PPO_STATE_KEY, KLController, PPOModule
+from lit_llm.rollout import KLConfig, KLController, RewardShaping, RolloutConfig, Samples
+from lit_llm.stages.ppo import PPO_STATE_KEY, PPOModule
+from lit_llm.stages.ppo_parts import PPOLoss
 from tests.conftest import REPO
 
 PPO_TINY = str(REPO / "configs" / "ppo" / "tiny.yaml")
@@ -43,7 +46,7 @@ def prompt_batch(module: PPOModule, n: int = 6) -> dict:
 def test_before_the_first_update_ratio_is_one_kl_zero_and_nothing_clipped(tiny_pretrain: Path,
                                                                            reward_ckpt: str) -> None:
     torch.manual_seed(0)
-    module = attach(PPOModule(ckpt(tiny_pretrain), reward_ckpt, max_new_tokens=8, gold_eval_examples=0))
+    module = attach(PPOModule(ckpt(tiny_pretrain), reward_ckpt, rollout=RolloutConfig(max_new_tokens=8)))
     batch = prompt_batch(module)
     rollout, texts = module.make_rollout(batch, {})
     assert len(texts) == 6
@@ -55,11 +58,10 @@ def test_before_the_first_update_ratio_is_one_kl_zero_and_nothing_clipped(tiny_p
 
 
 def test_rollout_logprobs_match_what_the_kv_cache_sampler_reported(tiny_pretrain: Path, reward_ckpt: str) -> None:
-    module = attach(PPOModule(ckpt(tiny_pretrain), reward_ckpt, max_new_tokens=8, gold_eval_examples=0,
-                              temperature=0.7))
+    module = attach(PPOModule(ckpt(tiny_pretrain), reward_ckpt, rollout=RolloutConfig(8, temperature=0.7)))
     batch = prompt_batch(module)
     gen = generate(module.model, batch["input_ids"], batch["attention_mask"], 8, temperature=0.7,
-                   eos_id=module.gold_stop_ids(), pad_id=module.tokenizer.pad_id,
+                   eos_id=module.answer_stop_ids(), pad_id=module.tokenizer.pad_id,
                    generator=torch.Generator().manual_seed(3))
     logprobs, _, _ = module.policy_and_values(gen.tokens, gen.attention_mask, gen.response)
     mask = gen.response_mask
@@ -80,13 +82,14 @@ def right_padded_generation(module: PPOModule, batch: dict, lengths: list[int]) 
 
 
 def test_score_is_read_at_the_stop_token_and_padding_gets_no_reward(tiny_pretrain: Path, reward_ckpt: str) -> None:
-    module = attach(PPOModule(ckpt(tiny_pretrain), reward_ckpt, gold_eval_examples=0, kl_coef=0.0,
-                              whiten_advantages=False, gamma=1.0, lam=1.0))
+    module = attach(PPOModule(ckpt(tiny_pretrain), reward_ckpt, kl=KLConfig(coef=0.0),
+                              loss=PPOLoss(whiten_advantages=False, gamma=1.0, lam=1.0)))
     batch = prompt_batch(module, n=4)
     lengths = [3, 7, 1, 5]
-    rollout, _ = module.score_rollout(batch["records"], right_padded_generation(module, batch, lengths))
+    generation = right_padded_generation(module, batch, lengths)
+    rollout = module.score_rollout(batch["records"], Samples(generation, [""] * len(lengths)))
     assert rollout.has_stop.all()
-    scorer = module.frozen("reward_model")
+    scorer = module.reward_source.scorer
     for b, n in enumerate(lengths):
         nonzero = rollout.rewards[b].nonzero().flatten().tolist()
         assert nonzero in ([n - 1], [])  # only the stop token carries the score
@@ -101,10 +104,9 @@ def test_score_is_read_at_the_stop_token_and_padding_gets_no_reward(tiny_pretrai
 
 
 def test_missing_eos_penalty_and_clipping_shape_the_score(tiny_pretrain: Path, reward_ckpt: str) -> None:
-    module = PPOModule(ckpt(tiny_pretrain), reward_ckpt, gold_eval_examples=0, missing_eos_penalty=1.0,
-                       reward_clip=0.5)
+    module = PPOModule(ckpt(tiny_pretrain), reward_ckpt, reward=RewardShaping(missing_eos_penalty=1.0, clip=0.5))
     raw = torch.tensor([0.25, 10.25, -9.75])
-    scores = module.shape_scores(raw, has_stop=torch.tensor([True, True, False]))
+    scores = module.reward_source.shape(raw, torch.tensor([True, True, False]), module.shaping)
     assert scores.tolist() == pytest.approx([0.0, 0.5, -1.5])  # (r - 0.25) / 2, clipped to ±0.5, minus 1
 
 
@@ -137,18 +139,18 @@ def test_whitening_uses_statistics_of_every_rank() -> None:
 
 
 def test_update_moves_the_policy_and_the_frozen_models_stay_out(tiny_pretrain: Path, reward_ckpt: str) -> None:
-    module = PPOModule(ckpt(tiny_pretrain), reward_ckpt, gold_eval_examples=0)
+    module = PPOModule(ckpt(tiny_pretrain), reward_ckpt)
     keys = module.state_dict().keys()
     assert not any(k.startswith(("reference", "reward_model")) for k in keys)
     assert any(k.startswith("value.backbone.") for k in keys) and "value.head.weight" in keys
     # the separate value model starts from the reward model, head included
     torch.testing.assert_close(module.value.head.weight, read_checkpoint(reward_ckpt)["state_dict"]["head.weight"])
     assert all(not p.requires_grad for p in module.reference.parameters())
-    assert all(not p.requires_grad for p in module.reward_model.parameters())
-    shared = PPOModule(ckpt(tiny_pretrain), "gold", value_model="shared", gold_eval_examples=0)
+    assert all(not p.requires_grad for p in module.reward_source.model.parameters())
+    shared = PPOModule(ckpt(tiny_pretrain), "gold", value_model="shared")
     assert sum(p.numel() for p in shared.parameters()) == shared.model.num_params() + shared.model.config.d_model + 1
     with pytest.raises(ValueError, match="temperature"):
-        PPOModule(ckpt(tiny_pretrain), "gold", temperature=0.0)
+        PPOModule(ckpt(tiny_pretrain), "gold", rollout=RolloutConfig(temperature=0.0))
     with pytest.raises(ValueError, match="not by the reward stage"):
         PPOModule(ckpt(tiny_pretrain), ckpt(tiny_pretrain))
 
@@ -167,11 +169,12 @@ def test_prompt_data_reads_files_drops_long_prompts_and_builds_ptx_blocks(tiny_p
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 2 and batch["ptx_input_ids"].shape == (3, 17)
     assert (batch["attention_mask"][:, -1] == 1).all()  # left-padded
-    assert prompt_text({"instruction": "Add.", "input": "1, 2"}, "prompt", "x").startswith("Add.")
+    reader = RecordReader("prompt", {}, "file.jsonl")
+    assert prompt_text(reader, {"instruction": "Add.", "input": "1, 2"}, "x").startswith("Add.")
     with pytest.raises(KeyError, match="available fields"):
-        prompt_text({"question": "?"}, "prompt", "file.jsonl, record 3")
+        prompt_text(reader, {"question": "?"}, "file.jsonl, record 3")
     with pytest.raises(ValueError, match="record 0.*empty"):
-        prompt_text({"prompt": " "}, "prompt", "file.jsonl, record 0")
+        prompt_text(reader, {"prompt": " "}, "file.jsonl, record 0")
     assert ptx_blocks(tokenizer, ["a b c"] * 10, 4).shape[1] == 5
 
 
@@ -181,9 +184,9 @@ def micro_ppo_args(config: str, root: Path, init_from: str, reward_from: str, ro
             f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", "--trainer.logger.init_args.experiment_name=tests",
             f"--model.init_args.init_from={init_from}", f"--model.init_args.reward_from={reward_from}",
-            "--model.init_args.max_new_tokens=6", "--model.init_args.ppo_epochs=1",
-            "--model.init_args.mini_batch_size=4", "--model.init_args.gold_eval_examples=4",
-            "--model.init_args.gold_max_new_tokens=4", "--model.init_args.rollout_table_every=1",
+            "--model.init_args.rollout.max_new_tokens=6", "--model.init_args.update.ppo_epochs=1",
+            "--model.init_args.update.mini_batch_size=4", "--gold.examples=4",
+            "--gold.max_new_tokens=4", "--model.init_args.rollout_table_every=1",
             "--data.init_args.num_prompts=32", "--data.init_args.num_val_prompts=4",
             "--data.init_args.batch_size=8"]
 
@@ -197,7 +200,7 @@ def test_ppo_end_to_end_with_the_reward_model_and_resume(tiny_pretrain: Path, re
                                                          tmp_path: Path) -> None:
     root = tmp_path / "ppo"
     args = micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt)
-    main(["fit", *args, "--model.init_args.target_kl=0.01", "--model.init_args.kl_horizon=100"])
+    main(["fit", *args, "--model.init_args.kl.target=0.01", "--model.init_args.kl.horizon=100"])
     checkpoint = read_checkpoint(ckpt(root))
     assert checkpoint["lit_llm"]["stage"] == "ppo" and checkpoint["global_step"] == 4
     state = checkpoint[PPO_STATE_KEY]
@@ -216,14 +219,14 @@ def test_ppo_end_to_end_with_the_reward_model_and_resume(tiny_pretrain: Path, re
     assert load_backbone(ckpt(root)).stage == "ppo"
     # resume: two more rollouts from the checkpoint, with β and the generator restored
     main(["fit", *micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt, rollouts=4),
-          "--model.init_args.target_kl=0.01", "--model.init_args.kl_horizon=100", f"--ckpt_path={ckpt(root)}"])
+          "--model.init_args.kl.target=0.01", "--model.init_args.kl.horizon=100", f"--ckpt_path={ckpt(root)}"])
     assert read_checkpoint(ckpt(root))["global_step"] == 8
 
 
 def test_ppo_gold_reward_with_a_shared_value_head_and_ptx(tiny_pretrain: Path, tmp_path: Path) -> None:
     root = tmp_path / "ppo-gold"
     main(["fit", *micro_ppo_args(PPO_GOLD, root, ckpt(tiny_pretrain), "gold"),
-          "--model.init_args.value_model=shared", "--model.init_args.ptx_coef=0.5",
+          "--model.init_args.value_model=shared", "--model.init_args.loss.ptx_coef=0.5",
           "--data.init_args.ptx_source=tasks", "--data.init_args.ptx_docs=20", "--data.init_args.ptx_length=32",
           "--data.init_args.ptx_batch_size=2"])
     metrics = metrics_of(root)
@@ -236,7 +239,7 @@ def test_value_warmup_trains_the_value_model_and_leaves_the_policy(tiny_pretrain
                                                                    tmp_path: Path) -> None:
     root = tmp_path / "ppo-warmup"
     main(["fit", *micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt, rollouts=1),
-          "--model.init_args.value_warmup_rollouts=1"])
+          "--model.init_args.update.value_warmup_rollouts=1"])
     state = read_checkpoint(ckpt(root))["state_dict"]
     start = read_checkpoint(ckpt(tiny_pretrain))["state_dict"]
     reward = read_checkpoint(reward_ckpt)["state_dict"]
@@ -245,6 +248,6 @@ def test_value_warmup_trains_the_value_model_and_leaves_the_policy(tiny_pretrain
     assert not torch.equal(state["value.head.weight"], reward["head.weight"])
     # after the warm-up the policy moves
     main(["fit", *micro_ppo_args(PPO_TINY, root, ckpt(tiny_pretrain), reward_ckpt, rollouts=2),
-          "--model.init_args.value_warmup_rollouts=1", f"--ckpt_path={ckpt(root)}"])
+          "--model.init_args.update.value_warmup_rollouts=1", f"--ckpt_path={ckpt(root)}"])
     state = read_checkpoint(ckpt(root))["state_dict"]
     assert not all(torch.equal(state[k], start[k]) for k in policy)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lit_llm.cli import main
+from lit_llm.commands import main
 from lit_llm.data import prepare as prep
 from lit_llm.data.cleaning import (
     STEPS, CleaningConfig, LanguageConfig, NearDedupConfig, NormalizeConfig, QualityConfig, _identifier,
@@ -21,7 +21,7 @@ from lit_llm.data.cleaning import (
 )
 from lit_llm.data.mixing import plan_totals, sample_documents
 from lit_llm.data.prepare import PrepareConfig, prepare
-from lit_llm.data.tasks import pretrain_corpus
+from lit_llm.world import pretrain_corpus
 from lit_llm.data.text import PREPARED_MARKER, TextDataModule
 
 datasets.disable_progress_bars()

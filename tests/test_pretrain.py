@@ -8,7 +8,7 @@ import torch
 from mlflow import MlflowClient
 
 from lit_llm.checkpoint import load_backbone
-from lit_llm.cli import main
+from lit_llm.commands import main
 from tests.conftest import micro_pretrain_args
 
 
@@ -76,7 +76,7 @@ def test_resume_from_last_checkpoint_continues_the_step_count(tiny_pretrain: Pat
 
 def test_masked_lm_objective_trains(tmp_path: Path, token_cache: Path) -> None:
     args = micro_pretrain_args(tmp_path, token_cache, steps=4)
-    main(["fit", *args, "--model.init_args.objective=masked", "--model.init_args.gold_eval_examples=0"])
+    main(["fit", *args, "--model.init_args.objective=masked", "--gold.examples=0"])
     checkpoint = torch.load(last_ckpt(tmp_path), weights_only=True)
     assert checkpoint["global_step"] == 4
 

@@ -9,13 +9,13 @@ import torch
 from mlflow import MlflowClient
 
 from lit_llm.checkpoint import read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from lit_llm.data.preference import PreferenceDataModule
 from lit_llm.data.sft import SFTDataModule
-from lit_llm.data.tasks import ppo_prompts, write_jsonl
+from lit_llm.world import ppo_prompts, write_jsonl
 from lit_llm.generation import left_pad
-from lit_llm.rejection import edited_pairs, reward_model_scorer, sample_and_score, select
-from lit_llm.stages.reward import load_reward_model
+from lit_llm.rejection import edited_pairs, sample_and_score, select
+from lit_llm.rollout import RewardSource, load_reward_model, reward_source
 from lit_llm.tokenizer import Tokenizer
 
 
@@ -91,15 +91,19 @@ def test_reward_model_scores_each_padded_sample_like_the_sequence_alone(tiny_pre
     ckpt = str(tiny_pretrain / "checkpoints" / "last.ckpt")
     reward_path = fake_reward_checkpoint(ckpt, tmp_path / "reward.ckpt")
     head, tok, _, _ = load_reward_model(reward_path)
-    scorer = reward_model_scorer(reward_path, tok)
+    source = reward_source(reward_path, tok)
     captured = []
 
-    def capture(recs, texts, generation):  # the reward scorer, keeping the generations to re-score them alone
-        captured.append(generation)
-        return scorer(recs, texts, generation)
+    class Capture(RewardSource):  # the reward model's scores, keeping the generations to re-score them alone
+        def score(self, recs, texts, generation):
+            captured.append(generation)
+            return source.score(recs, texts, generation)
 
-    _, scores = sample_and_score(head.backbone, tok, ppo_prompts(3, seed=0), 2, capture, max_new_tokens=5,
-                                 temperature=1.0, batch_size=6, seed=0)
+        def normalize(self, raw):
+            return source.normalize(raw)
+
+    _, scores = sample_and_score(head.backbone, tok, ppo_prompts(3, seed=0), 2, Capture("capture"),
+                                 max_new_tokens=5, temperature=1.0, batch_size=6, seed=0)
     gen = captured[0]
     for row in range(6):
         seq = gen.tokens[row][gen.attention_mask[row].bool()].tolist()  # prompt + response, no padding
@@ -122,7 +126,7 @@ def test_command_writes_data_stats_and_an_mlflow_run_parented_to_the_policy(tiny
     assert len(edited) == stats["num_edited_pairs"] > 0  # the micro policy gets most answers wrong
     assert stats["prompts"] == 4 and stats["samples_per_prompt"] == 2 and 0 <= stats["usable_pair_share"] <= 1
     assert (out / "sft.jsonl").exists() and (out / "pairs.jsonl").exists()
-    run = MlflowClient(mlflow_db).get_run(stats["run_id"])
+    run = MlflowClient(mlflow_db).get_run(stats["mlflow_run_id"])
     assert run.data.tags["lit_llm.stage"] == "rejection_sampling"
     assert run.data.tags["lit_llm.parent_run_id"] == read_checkpoint(policy)["lit_llm"]["mlflow_run_id"]
     assert run.data.metrics["rejection/usable_pair_share"] == pytest.approx(stats["usable_pair_share"])

@@ -9,14 +9,14 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from lit_llm.callbacks import NonFiniteError
+from lit_llm.nonfinite import NonFiniteError
 from lit_llm.checkpoint import load_backbone, read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from tests.conftest import micro_pretrain_args
 from tests.test_ppo import ckpt
 from tests.test_sft import sft_args
 
-EVERY_STEP = ["--trainer.callbacks+=lit_llm.callbacks.StageCheckpoint", "--trainer.callbacks.every_n_train_steps=1"]
+EVERY_STEP = ["--trainer.callbacks+=lit_llm.checkpointing.StageCheckpoint", "--trainer.callbacks.every_n_train_steps=1"]
 
 
 def run_of(root: Path):
@@ -61,7 +61,7 @@ def test_a_checkpoint_holding_code_is_refused_without_running_it(tiny_pretrain: 
 def test_continued_pretraining_refuses_data_tokenized_with_another_tokenizer(tiny_pretrain: Path, tmp_path: Path,
                                                                              token_cache: Path) -> None:
     args = [*micro_pretrain_args(tmp_path / "run", token_cache, steps=2), f"--model.init_args.init_from="
-            f"{ckpt(tiny_pretrain)}", "--model.init_args.gold_eval_examples=0"]
+            f"{ckpt(tiny_pretrain)}", "--gold.examples=0"]
     with pytest.raises(ValueError, match="another tokenizer than init_from .*vocab_size 300 here, 280 there"):
         main(["fit", *args, "--data.init_args.vocab_size=280"])
     main(["export", ckpt(tiny_pretrain), str(tmp_path / "hf")])  # the checkpoint's own tokenizer: accepted
@@ -86,7 +86,7 @@ def test_a_nan_loss_stops_before_the_update_with_the_last_checkpoint_intact(tmp_
 def test_skip_mode_drops_the_poisoned_updates_and_counts_them(tmp_path: Path, token_cache: Path) -> None:
     args = [*micro_pretrain_args(tmp_path, token_cache, steps=6), *EVERY_STEP, "--trainer.callbacks.save_top_k=-1",
             "--trainer.callbacks+=tests.faults.PoisonAt", "--trainer.callbacks.steps=[2, 4]",
-            "--trainer.callbacks+=lit_llm.callbacks.NonFiniteGuard", "--trainer.callbacks.action=skip"]
+            "--trainer.callbacks+=lit_llm.nonfinite.NonFiniteGuard", "--trainer.callbacks.action=skip"]
     main(["fit", *args])
     states = {step: read_checkpoint(next((tmp_path / "checkpoints").glob(f"*step={step}.ckpt")))["state_dict"]
               for step in (2, 3, 4)}
@@ -104,7 +104,7 @@ def test_the_same_seed_twice_gives_the_same_run(tmp_path: Path, token_cache: Pat
     def fit(root: Path, seed: int) -> tuple[list, dict]:
         main(["fit", *micro_pretrain_args(root, token_cache, steps=6), f"--seed_everything={seed}",
               "--trainer.deterministic=true", "--model.init_args.backbone.dropout=0.1",
-              "--model.init_args.objective=masked", "--model.init_args.gold_eval_examples=0"])
+              "--model.init_args.objective=masked", "--gold.examples=0"])
         run = run_of(root)
         history = [(m.step, m.value) for m in MlflowClient().get_metric_history(run.info.run_id, "train/loss")]
         return history, read_checkpoint(ckpt(root))["state_dict"]

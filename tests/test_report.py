@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from lit_llm.cli import main
+from lit_llm.commands import main
 from lit_llm.report import compare, default_tolerance, fmt, load_runs, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -20,13 +20,13 @@ import torch
 from mlflow import MlflowClient
 
 from lit_llm.checkpoint import read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from tests.conftest import REPO
 from tests.test_ddp import stage_args
 from tests.test_ppo import PPO_TINY, ckpt, micro_ppo_args
 
 STEPS = 8
-EVERY_STEP = ["--trainer.callbacks+=lit_llm.callbacks.StageCheckpoint",
+EVERY_STEP = ["--trainer.callbacks+=lit_llm.checkpointing.StageCheckpoint",
               "--trainer.callbacks.every_n_train_steps=1"]
 # metrics that are wall-clock measurements, not results
 TIMING = ("tokens_per_s", "mfu", "time_", "_per_s")
@@ -39,7 +39,7 @@ def resume_args(stage: str, root: Path, init_from: str, reward_from: str, token_
     if stage == "ppo":
         args = [*micro_ppo_args(PPO_TINY, root, init_from, reward_from, rollouts=STEPS // 2),
                 "--data.init_args.num_prompts=16", "--trainer.val_check_interval=3",
-                "--model.init_args.target_kl=0.01", "--model.init_args.kl_horizon=100"]
+                "--model.init_args.kl.target=0.01", "--model.init_args.kl.horizon=100"]
     else:
         args = [*stage_args(stage, root, init_from, token_cache, batch_size=4), f"--trainer.max_steps={STEPS}",
                 "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
@@ -209,7 +209,7 @@ def test_time_based_checkpoints_add_to_the_default_ones(tiny_pretrain: Path, rew
     """`train_time_interval` writes last.ckpt when the interval has passed (here: every step) on top of the saves
     at validation, which stay."""
     args = [*resume_args("pretrain", tmp_path, ckpt(tiny_pretrain), reward_ckpt, token_cache, every_step=False),
-            "--trainer.callbacks+=lit_llm.callbacks.StageCheckpoint",
+            "--trainer.callbacks+=lit_llm.checkpointing.StageCheckpoint",
             "--trainer.callbacks.train_time_interval=0:00:00"]
     assert run_killed(args, 5, during_save=False).returncode == -9
     assert read_checkpoint(ckpt(tmp_path))["global_step"] == 5

@@ -9,16 +9,23 @@ import torch
 from mlflow import MlflowClient
 
 from lit_llm.checkpoint import checkpoint_meta, load_backbone
-from lit_llm.cli import main
-from lit_llm.data.preference import (PreferenceCollator, PreferenceDataModule, PreferenceStats, RecordError,
-                                     RecordReader, encode_comparison, encode_response, split_shared_text)
+from lit_llm.commands import main
+from lit_llm.data.preference import PreferenceDataModule, comparison, split_shared_text
+from lit_llm.data.preference_batch import PreferenceCollator, PreferenceStats, encode_comparison, encode_response
+from lit_llm.data.records import RecordError, RecordReader
 from lit_llm.losses import IGNORE_INDEX, reward_centering_loss, reward_pair_loss, reward_regression_loss
 from lit_llm.model import ModelConfig, Transformer
-from lit_llm.stages.reward import RewardModule, load_reward_model
+from lit_llm.rollout import load_reward_model
+from lit_llm.stages.reward import RewardModule
 from lit_llm.tokenizer import Tokenizer
 from tests.conftest import REPO
 
 REWARD_TINY = str(REPO / "configs" / "reward" / "tiny.yaml")
+
+
+def read(reader: RecordReader, record: dict, index: int):
+    """The comparison of record `index` of a source named as the reader's."""
+    return comparison(reader, record, f"{reader.source}, record {index}")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,7 @@ def sft_like_ckpt(tmp_path_factory: pytest.TempPathFactory, tok: Tokenizer) -> P
 
 def pref_batch(tok: Tokenizer, comparisons_records: list[tuple[str, dict]]) -> dict[str, torch.Tensor]:
     stats = PreferenceStats()
-    items = [encode_comparison(tok, RecordReader(fmt, {}, "test").read(r, i), 256, "truncate", stats)
+    items = [encode_comparison(tok, read(RecordReader(fmt, {}, "test"), r, i), 256, "truncate", stats)
              for i, (fmt, r) in enumerate(comparisons_records)]
     return PreferenceCollator(tok.pad_id)(items)
 
@@ -123,20 +130,20 @@ def test_implicit_prompt_splits_at_the_last_shared_assistant_turn() -> None:
 def test_openai_message_lists_explicit_and_implicit_give_the_same_comparison(tok: Tokenizer) -> None:
     chosen = MULTI_TURN_PROMPT + [{"role": "assistant", "content": "It is 5."}]
     rejected = MULTI_TURN_PROMPT + [{"role": "assistant", "content": "It is 6, I think."}]
-    text = RecordReader("implicit", {}, "t").read({"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, 0)
-    implicit = RecordReader("implicit", {}, "t").read({"chosen": chosen, "rejected": rejected}, 0)
-    explicit = RecordReader("pairs", {}, "t").read({"prompt": MULTI_TURN_PROMPT, "chosen": chosen[-1:],
+    text = read(RecordReader("implicit", {}, "t"), {"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, 0)
+    implicit = read(RecordReader("implicit", {}, "t"), {"chosen": chosen, "rejected": rejected}, 0)
+    explicit = read(RecordReader("pairs", {}, "t"), {"prompt": MULTI_TURN_PROMPT, "chosen": chosen[-1:],
                                                     "rejected": rejected[-1:]}, 0)
-    repeated = RecordReader("pairs", {}, "t").read({"prompt": MULTI_TURN_PROMPT, "chosen": chosen,
+    repeated = read(RecordReader("pairs", {}, "t"), {"prompt": MULTI_TURN_PROMPT, "chosen": chosen,
                                                     "rejected": rejected}, 0)  # prompt repeated in the lists
-    remapped = RecordReader("pairs", {"prompt": "q", "chosen": "good", "rejected": "bad", "role": "from",
-                                      "content": "value"}, "t").read(
+    remapped = read(RecordReader("pairs", {"prompt": "q", "chosen": "good", "rejected": "bad", "role": "from",
+                                      "content": "value"}, "t"), 
         {"q": [{"from": m["role"], "value": m["content"]} for m in MULTI_TURN_PROMPT],
          "good": "It is 5.", "bad": "It is 6, I think."}, 0)
     for c in (implicit, explicit, repeated, remapped):
         assert (c.prompt, c.responses, c.pairs) == (text.prompt, text.responses, [(0, 1)])
     with pytest.raises(RecordError, match="record 3, response 0, turn 0"):
-        RecordReader("pairs", {}, "t").read({"prompt": "q", "chosen": [{"role": "bot", "content": "x"}],
+        read(RecordReader("pairs", {}, "t"), {"prompt": "q", "chosen": [{"role": "bot", "content": "x"}],
                                              "rejected": "y"}, 3)
 
 
@@ -171,14 +178,14 @@ def test_truncation_cuts_the_prompt_and_counts_what_it_drops(tok: Tokenizer) -> 
     records = [{"prompt": "x" * 100, "chosen": "a", "rejected": "b"},
                {"prompt": "q", "chosen": "y" * 100, "rejected": "b"}]
     stats = PreferenceStats()
-    items = [encode_comparison(tok, RecordReader("pairs", {}, "t").read(r, i), 40, "truncate", stats)
+    items = [encode_comparison(tok, read(RecordReader("pairs", {}, "t"), r, i), 40, "truncate", stats)
              for i, r in enumerate(records)]
     assert items[1] is None and stats.dropped_too_long == 1 and stats.truncated == 2
     kept = items[0].sequences[0]
     assert len(kept) == 40 and kept.input_ids[0] == tok.bos_id
     assert tok.decode([t for t in kept.labels if t != IGNORE_INDEX], skip_special=False) == "a<|end|>"
     dropped = PreferenceStats()
-    assert encode_comparison(tok, RecordReader("pairs", {}, "t").read(records[0], 0), 40, "drop", dropped) is None
+    assert encode_comparison(tok, read(RecordReader("pairs", {}, "t"), records[0], 0), 40, "drop", dropped) is None
     assert dropped.dropped_too_long == 1
 
 

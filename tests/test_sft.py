@@ -8,10 +8,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from lit_llm.cli import main
-from lit_llm.data.sft import (RecordError, RecordReader, SFTCollator, SFTDataModule, SFTRows, SFTStats,
-                              apply_length_policy, encode_example, pack_examples)
-from lit_llm.data.tasks import alpaca_prompt, sft_records
+from lit_llm.commands import main
+from lit_llm.data.records import RecordError, RecordReader
+from lit_llm.data.sft import (SFTCollator, SFTDataModule, SFTRows, SFTStats, apply_length_policy, conversation,
+                              encode_example, pack_examples)
+from lit_llm.world import alpaca_prompt, sft_records
 from lit_llm.losses import IGNORE_INDEX, token_logprobs
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.tokenizer import Tokenizer
@@ -78,9 +79,10 @@ def test_each_format_becomes_the_same_conversation() -> None:
          {"messages": "chat", "role": "speaker", "content": "text"}),
     ]
     for fmt, record, fields in cases:
-        got = RecordReader(fmt, fields, "mem", system_prompt="S").messages(record, 0)
+        got = conversation(RecordReader(fmt, fields, "mem", system_prompt="S"), record, "mem, record 0")
         assert got == want, (fmt, fields)
-    alpaca = RecordReader("alpaca", {}, "mem").messages({"instruction": "Reverse", "input": "dog", "output": "god"}, 0)
+    alpaca = conversation(RecordReader("alpaca", {}, "mem"), {"instruction": "Reverse", "input": "dog", "output": "god"},
+                          "mem, record 0")
     assert alpaca[0]["content"] == alpaca_prompt("Reverse", "dog")
 
 
@@ -125,8 +127,8 @@ def test_missing_and_empty_fields_raise_naming_field_and_record_or_are_skipped(t
     with pytest.raises(KeyError, match="no field 'answer'"):
         data_module(tok, source=path, format="alpaca", fields={"output": "answer"})
     with pytest.raises(RecordError, match="turn 1: field 'from' is 'bot'"):
-        RecordReader("sharegpt", {}, "mem").messages(
-            {"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]}, 3)
+        conversation(RecordReader("sharegpt", {}, "mem"),
+                     {"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]}, "mem, 3")
 
 
 # ------------------------------------------------------------------------------------------------- truncation
@@ -155,7 +157,7 @@ def test_data_module_counts_truncated_and_dropped_examples(tok: Tokenizer) -> No
 
 def _task_conversations(n: int) -> list[list[dict]]:
     reader = RecordReader("alpaca", {}, "tasks")
-    return [reader.messages(r, i) for i, r in enumerate(sft_records(n, "train"))]
+    return [conversation(reader, r, f"tasks, record {i}") for i, r in enumerate(sft_records(n, "train"))]
 
 
 # ---------------------------------------------------------------------------------------------------- packing
@@ -212,7 +214,7 @@ def sft_args(root: Path, init_from: Path, steps: int = 4) -> list[str]:
         f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}", "--trainer.log_every_n_steps=2",
         f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", "--trainer.logger.init_args.experiment_name=tests",
-        "--model.init_args.gold_eval_examples=4", "--model.init_args.gold_max_new_tokens=4",
+        "--gold.examples=4", "--gold.max_new_tokens=4",
         "--data.init_args.num_records=48", "--data.init_args.num_val_records=8",
         "--data.init_args.max_length=64", "--data.init_args.batch_size=4",
     ]

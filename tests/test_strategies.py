@@ -12,7 +12,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from lit_llm.checkpoint import load_backbone, read_checkpoint
-from lit_llm.cli import main
+from lit_llm.commands import main
 from lit_llm.hf import load_hf
 from lit_llm.model import Block
 from tests.conftest import REPO

@@ -1,4 +1,4 @@
-"""Tests of the built-in task world (lit_llm.data.tasks): determinism, split hygiene, gold answers, scoring,
+"""Tests of the built-in task world (lit_llm.world): determinism, split hygiene, gold answers, scoring,
 preference data and the pretraining corpus."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import itertools
 
 import pytest
 
-from lit_llm.data import tasks as T
-from lit_llm.data._task_defs import TASK_DEFS, WORDS
+import lit_llm.world as T
+from lit_llm.world.defs import TASK_DEFS, WORDS
 
 GENERATORS = {
     "examples": lambda n, split, seed: T.make_examples(n, split, seed),

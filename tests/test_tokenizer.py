@@ -268,7 +268,10 @@ def test_save_and_reload(trained, tmp_path):
     trained.save(tmp_path, model_max_length=256)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["chat_template"] == DEFAULT_CHAT_TEMPLATE and config["model_max_length"] == 256
-    assert Tokenizer.from_file(tmp_path).to_json() == trained.to_json()
+    loaded = Tokenizer.from_file(tmp_path)  # the file adds a bos post-processor for transformers' tokenizer
+    assert loaded.difference(trained) is None and loaded.special_tokens == trained.special_tokens
+    assert {k: v for k, v in loaded.to_json().items() if k != "tokenizer"} == \
+        {k: v for k, v in trained.to_json().items() if k != "tokenizer"}
 
 
 def test_hf_auto_tokenizer_parity(trained, tmp_path, monkeypatch):

@@ -56,11 +56,11 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lit_llm.data.cleaning import STEPS, Cleaned, CleaningConfig, clean_corpus
 from lit_llm.data.mixing import mix_indices, split_train_val
 from lit_llm.data.prepare_report import (
-    log_prepare, mix_stats, read_and_kept, run_tags, step_stats, summary, tracked_run,
+    log_prepare, mix_stats, read_and_kept, step_stats, summary, tracked_run,
 )
 from lit_llm.hints import exit_with_error
 from lit_llm.data.sources import BUILDERS, load_source, require_fields, source_fingerprint
-from lit_llm.data.tasks import pretrain_corpus
+from lit_llm.world import pretrain_corpus
 from lit_llm.data.text import PREPARED_MARKER, TASKS_SOURCE, token_dtype, write_tokens
 from lit_llm.tokenizer import Tokenizer
 
@@ -461,9 +461,8 @@ def prepare(cfg: PrepareConfig, config_text: str | None = None) -> Prepared:
         print(f"{out} is up to date (fingerprint {fingerprint}); nothing to do")
         return reused
     config_text = config_text or yaml.safe_dump(asdict(cfg), sort_keys=False)
-    tags = run_tags(cfg.seed, fingerprint)
     t = cfg.tracking
-    with tracked_run(t.enabled, t.experiment_name, t.run_name, t.tracking_uri, tags) as run:
+    with tracked_run(t.enabled, t.experiment_name, t.run_name, t.tracking_uri, cfg.seed, fingerprint) as run:
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # renamed into place once complete
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -481,6 +480,16 @@ def prepare(cfg: PrepareConfig, config_text: str | None = None) -> Prepared:
     print(summary(stats))
     print(f"wrote {out} (fingerprint {fingerprint})")
     return Prepared(out, meta, stats, run[1] if run else None)
+
+
+def outputs(folder: str | Path) -> list[Path]:
+    """The files a finished `lit-llm prepare` leaves in its out_dir (meta.json, the completeness marker, first)."""
+    return [Path(folder) / name for name in (PREPARED_MARKER, "train.bin", "val.bin", "tokenizer.json")]
+
+
+def run_id(folder: str | Path) -> str | None:
+    """The MLflow run of a finished prepare, from its meta.json."""
+    return json.loads((Path(folder) / PREPARED_MARKER).read_text()).get("mlflow_run_id")
 
 
 # --------------------------------------------------------------------------------------------------------- CLI

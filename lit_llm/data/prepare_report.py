@@ -18,7 +18,6 @@ artifacts.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from lit_llm.data.cleaning import STEPS, Cleaned
-from lit_llm.tracking import flatten, get_or_create_experiment, git_sha, package_versions, resolve_tracking_uri
+from lit_llm.tracking import flatten, log_batched, open_run, run_tags
 
-MLFLOW_BATCH = 100  # MLflow stores accept at most 100 params / 1000 metrics per log_batch call
 
 
 def _counts(mask: np.ndarray, chars: np.ndarray, tokens: np.ndarray) -> tuple[int, int, int]:
@@ -96,48 +94,23 @@ def summary(stats: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ MLflow
-def run_tags(seed: int, fingerprint: str) -> dict[str, str]:
-    tags = {"lit_llm.stage": "prepare", "lit_llm.git_sha": git_sha(), "lit_llm.seed": str(seed),
-            "lit_llm.data_fingerprint": fingerprint}
-    tags.update({f"lit_llm.version.{k}": v for k, v in package_versions().items()})
-    return tags
-
-
 @contextmanager
 def tracked_run(enabled: bool, experiment_name: str, run_name: str | None, tracking_uri: str | None,
-                tags: dict[str, str]) -> Iterator[tuple[Any, str] | None]:
-    """An MLflow run around the prepare work: yields (client, run_id), or None when tracking is off.
-
-    The run ends FINISHED, or FAILED when the work raises.
-    """
+                seed: int, fingerprint: str) -> Iterator[tuple[Any, str] | None]:
+    """An MLflow run around the prepare work (`tracking.open_run`, tag lit_llm.stage=prepare): yields
+    (client, run_id), or None when tracking is off."""
     if not enabled:
         yield None
         return
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    experiment_id = get_or_create_experiment(client, experiment_name)
-    run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
-    try:
-        yield client, run_id
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
+    tags = run_tags("prepare", seed=seed, fingerprint=fingerprint)
+    with open_run(experiment_name, tags, run_name, tracking_uri) as run:
+        yield run
 
 
 def log_prepare(client: Any, run_id: str, config: dict, stats: dict, files: Sequence[Path]) -> None:
     """Config as params, stats numbers as metrics, `files` (stats.json, config.yaml) as artifacts."""
-    from mlflow.entities import Metric, Param
-
-    params = [Param(k, str(v)) for k, v in flatten(config).items() if v is not None]
     numbers = {k: float(v) for k, v in flatten(stats).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in sorted(numbers.items())]
-    for i in range(0, len(params), MLFLOW_BATCH):
-        client.log_batch(run_id, params=params[i : i + MLFLOW_BATCH])
-    for i in range(0, len(metrics), MLFLOW_BATCH):
-        client.log_batch(run_id, metrics=metrics[i : i + MLFLOW_BATCH])
+    log_batched(client, run_id, flatten(config), dict(sorted(numbers.items())))
     for path in files:
         client.log_artifact(run_id, str(path))

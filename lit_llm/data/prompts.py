@@ -2,11 +2,13 @@
 blocks for the PPO-ptx term.
 
 Sources (`source`):
-    tasks: the built-in task world's PPO prompts (`tasks.ppo_prompts`: train split for training, val split for
+    tasks: the built-in task world's PPO prompts (`world.ppo_prompts`: train split for training, val split for
         validation), each with its gold `answer`, so the gold reward (`reward_from: gold`) can score them.
-    a local file/folder or hub dataset: records with a prompt field (`prompt_field`, default "prompt"), or Alpaca
-        records (`instruction` + optional `input`, rendered by `alpaca_prompt` as in SFT); an `answer` field, when
-        present, travels with the record (the gold reward needs it). `val_fraction` of it is held out.
+    a local file/folder or hub dataset: records with a `prompt` field (format "prompt"; rename it with
+        `fields: {prompt: question}`), or Alpaca records (`instruction` + optional `input`, rendered by
+        `alpaca_prompt` as in SFT; a "prompt" record without a prompt but with an instruction is read as Alpaca);
+        an `answer` field, when present, travels with the record (the gold reward needs it). `val_fraction` of it
+        is held out.
 
 Each prompt becomes [system], user = the prompt, then the assistant header (`Tokenizer.render_chat` with
 `add_generation_prompt`), exactly as SFT trains and the gold evaluation asks. A prompt longer than
@@ -23,31 +25,18 @@ bos + text + eos, concatenated and cut), `ptx_batch_size` per batch, in a seeded
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_llm.data.sampling import TrainOrderState, train_loader, world_of
-from lit_llm.data.sources import (
-    FieldError,
-    RecordError,
-    Records,
-    holdout_split,
-    load_records,
-    load_texts,
-    losses_warning,
-    model_tokenizer,
-    source_fingerprint,
-    split_loss,
-)
-from lit_llm.data.tasks import alpaca_prompt, ppo_prompts, pretrain_corpus
+from lit_llm.data.record_module import RecordDataModule
+from lit_llm.data.records import FieldError, RecordReader
+from lit_llm.data.sampling import train_loader, world_of
+from lit_llm.data.sources import load_texts
 from lit_llm.generation import left_pad
 from lit_llm.tokenizer import Tokenizer
-
-TASKS_SOURCE = "tasks"
+from lit_llm.world import alpaca_prompt, ppo_prompts, pretrain_corpus
 
 
 @dataclass
@@ -65,30 +54,25 @@ class PromptStats:
         return {k: v for k, v in asdict(self).items() if k != "first_error"}
 
 
-def prompt_text(record: dict, prompt_field: str, where: str) -> str:
-    """The user message of a record: its `prompt_field`, or an Alpaca instruction (+ input)."""
-    # `datasets` gives every record every column of the file (None where absent), so None counts as missing
-    if record.get(prompt_field) is not None:
-        text = record[prompt_field]
-    elif record.get("instruction") is not None:
-        text = alpaca_prompt(record["instruction"], record.get("input") or "")
-    else:
+def alpaca_text(reader: RecordReader, record: dict, where: str) -> str:
+    """An Alpaca record's prompt: its instruction, then "\\n" and its input when it has one."""
+    return alpaca_prompt(reader.text(record, "instruction", where), reader.text(record, "input", where, False))
+
+
+def prompt_text(reader: RecordReader, record: dict, where: str) -> str:
+    """A record's `prompt`, or, without one, its Alpaca instruction (+ input)."""
+    if record.get(reader.name("prompt")) is None and record.get(reader.name("instruction")) is not None:
+        return alpaca_text(reader, record, where)
+    if record.get(reader.name("prompt")) is None:
         present = sorted(k for k, v in record.items() if v is not None)
-        raise FieldError(f"{where}: missing field {prompt_field!r} (or an Alpaca 'instruction'); available fields: "
-                         f"{present}")
-    if not isinstance(text, str):
-        raise RecordError(f"{where}: field {prompt_field!r} must be a string, got {type(text).__name__} {text!r:.40}")
-    if not text.strip():
-        raise RecordError(f"{where}: field {prompt_field!r} is empty")
-    return text
+        raise FieldError(f"{where}: missing field {reader.name('prompt')!r} (or an Alpaca 'instruction'); "
+                         f"available fields: {present}")
+    return reader.text(record, "prompt", where)
 
 
-def render_prompt(tokenizer: Tokenizer, text: str, system_prompt: str | None) -> list[int]:
-    """[system], user = text, assistant header: the tokens a policy continues with its answer (PPO prompts,
-    rejection sampling and every stage's gold evaluation ask this way)."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": text})
-    return tokenizer.render_chat(messages, add_generation_prompt=True)[0]
+FORMATS = {"prompt": prompt_text, "alpaca": alpaca_text}
+COLUMNS = {"prompt": ("prompt",), "alpaca": ("instruction",)}  # in the order `format: auto` tries them
+FIELD_NAMES = ("prompt", "instruction", "input", "answer")  # what `fields` may rename
 
 
 def ptx_blocks(tokenizer: Tokenizer, texts: Sequence[str], length: int) -> torch.Tensor:
@@ -137,26 +121,15 @@ class PromptCollator:
         return batch
 
 
-class PromptDataModule(TrainOrderState, pl.LightningDataModule):
+class PromptDataModule(RecordDataModule):
     """Prompts for PPO rollouts (and pretraining blocks for PPO-ptx).
 
     Args:
-        source: "tasks" (the built-in task world) or a local file/folder or hub dataset of prompt records.
-        prompt_field: Field holding the prompt text (Alpaca `instruction`/`input` records work too).
-        val_source: Separate validation prompts; otherwise `val_fraction` of `source` is held out.
-        val_fraction: Share of a file's records held out for validation.
-        hub_name: Config name of a hub dataset.
-        hub_split: Split of a hub dataset to read.
-        system_prompt: System message of every prompt (use the one SFT used).
-        chat_template: How conversations are rendered: "auto" (default: the tokenizer's own template, else the
-            default one when it has its <|user|> ... <|end|> tokens, else a plain-text one, "### Instruction:" /
-            "### Response:" + its eos), "own", "default", "plain", a Jinja template or a file holding one. The model
-            keeps it (checkpoints, generation and the gold evaluation render the same way).
+        format: "auto" (from the columns), "prompt" or "alpaca".
         num_prompts: Training prompts drawn from the task world (train split).
         num_val_prompts: Validation prompts from the task world (val split).
         max_digits: Difficulty of the task world's arithmetic.
         max_prompt_length: Longest rendered prompt in tokens; longer ones are dropped and counted.
-        skip_invalid: Skip (and count) records without a usable prompt instead of raising.
         batch_size: Prompts per rollout on each device.
         val_batch_size: Prompts per validation batch (default `batch_size`).
         ptx_source: Pretraining text for the PPO-ptx term: "tasks" (the task world's pretraining corpus) or a
@@ -165,25 +138,23 @@ class PromptDataModule(TrainOrderState, pl.LightningDataModule):
         ptx_docs: Documents drawn when `ptx_source` is "tasks".
         ptx_length: Positions per pretraining block.
         ptx_batch_size: Pretraining blocks per batch.
-        seed: Seed of the task world, the hold-out split, the shuffling and the ptx draw.
-        num_workers: DataLoader worker processes.
+        **options: The source options of `RecordDataModule` (source, fields, val_source, val_fraction, hub_name,
+            hub_split, system_prompt (use the one SFT used), chat_template, tokenizer_from, skip_invalid, seed (also
+            of the ptx draw), num_workers).
     """
+
+    FORMATS, COLUMNS, FIELD_NAMES, FALLBACK_FORMAT = FORMATS, COLUMNS, FIELD_NAMES, "prompt"
+    OPTIONS = ("num_prompts", "num_val_prompts", "max_digits", "max_prompt_length", "ptx_source", "ptx_field",
+               "ptx_docs", "ptx_length")
+    what, what_data = "prompt", "PPO prompt"
 
     def __init__(
         self,
-        source: str = TASKS_SOURCE,
-        prompt_field: str = "prompt",
-        val_source: str | None = None,
-        val_fraction: float = 0.05,
-        hub_name: str | None = None,
-        hub_split: str = "train",
-        system_prompt: str | None = None,
-        chat_template: str | None = None,
+        format: Literal["auto", "prompt", "alpaca"] = "auto",
         num_prompts: int = 2048,
         num_val_prompts: int = 64,
         max_digits: int = 2,
         max_prompt_length: int = 96,
-        skip_invalid: bool = False,
         batch_size: int = 32,
         val_batch_size: int | None = None,
         ptx_source: str | None = None,
@@ -191,87 +162,43 @@ class PromptDataModule(TrainOrderState, pl.LightningDataModule):
         ptx_docs: int = 2000,
         ptx_length: int = 128,
         ptx_batch_size: int = 8,
-        seed: int = 0,
-        num_workers: int = 0,
+        **options: Any,
     ) -> None:
-        super().__init__()
-        self.source, self.prompt_field, self.val_source, self.val_fraction = source, prompt_field, val_source, val_fraction
-        self.hub_name, self.hub_split, self.system_prompt = hub_name, hub_split, system_prompt
-        self.chat_template, self.chat_template_note = chat_template, None
+        super().__init__(format=format, batch_size=batch_size, **options)
         self.num_prompts, self.num_val_prompts, self.max_digits = num_prompts, num_val_prompts, max_digits
-        self.max_prompt_length, self.skip_invalid = max_prompt_length, skip_invalid
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.max_prompt_length, self.val_batch_size = max_prompt_length, val_batch_size or self.batch_size
         self.ptx_source, self.ptx_field, self.ptx_docs = ptx_source, ptx_field, ptx_docs
         self.ptx_length, self.ptx_batch_size = ptx_length, ptx_batch_size
-        self.seed, self.num_workers = seed, num_workers
-        self.tokenizer: Tokenizer | None = None
-        self.fingerprint: str | None = None
-        self.stats: dict[str, PromptStats] = {}
-        self.datasets: dict[str, Prompts] = {}
         self.ptx: torch.Tensor | None = None
 
-    def _options(self) -> dict[str, Any]:
-        keys = ("prompt_field", "val_source", "val_fraction", "hub_name", "hub_split", "system_prompt",
-                "num_prompts", "num_val_prompts", "max_digits", "max_prompt_length", "ptx_source", "ptx_field",
-                "ptx_docs", "ptx_length", "seed")
-        options = {k: getattr(self, k) for k in keys}
-        if self.chat_template is not None:  # unset: the fingerprints of earlier runs stay valid
-            options["chat_template"] = self.chat_template
-        return options
+    def task_world_records(self, split: str) -> list[tuple[dict, RecordReader]]:
+        n = self.num_prompts if split == "train" else self.num_val_prompts
+        reader = RecordReader("prompt", {}, f"tasks/{split}", self.system_prompt)
+        return [(record, reader) for record in ppo_prompts(n, split, self.seed, max_digits=self.max_digits)]
 
-    def raw_records(self) -> dict[str, tuple[list[tuple[int, dict]], Records]]:
-        """split -> ((row in the source, record) pairs, the source's records, which name the rows in messages)."""
-        if self.source == TASKS_SOURCE:
-            out = {}
-            for split, n in (("train", self.num_prompts), ("val", self.num_val_prompts)):
-                rows = ppo_prompts(n, split, self.seed, max_digits=self.max_digits)
-                out[split] = (list(enumerate(rows)), Records(f"tasks/{split}", rows,
-                                                              [f"tasks/{split}, record {i}" for i in range(len(rows))]))
-            return out
-        records = load_records(self.source, self.hub_split, self.hub_name)
-        rows = list(enumerate(records.rows))
-        if self.val_source is not None:
-            val = load_records(self.val_source, self.hub_split, self.hub_name)
-            return {"train": (rows, records), "val": (list(enumerate(val.rows)), val)}
-        train, val = holdout_split(rows, self.val_fraction, self.seed, self.source)
-        return {"train": (train, records), "val": (val, records)}
+    def build_split(self, split: str, rows: list[tuple[int, dict, RecordReader]]) -> Dataset:
+        stats = self.stats[split] = PromptStats()
 
-    def build(self, records: list[tuple[int, dict]], names: Records, stats: PromptStats,
-              split: str = "train") -> Prompts:
-        """Render and length-check the prompts of one split ((row, record) pairs)."""
-        ids, kept = [], []
-        for row, record in records:
-            stats.records += 1
-            try:
-                text = prompt_text(record, self.prompt_field, names.where(row))
-            except RecordError as err:
-                if not self.skip_invalid:
-                    raise
-                stats.skipped_invalid += 1
-                stats.first_error = stats.first_error or str(err)
-                continue
-            tokens = render_prompt(self.tokenizer, text, self.system_prompt)
+        def rendered(reader: RecordReader, record: dict, where: str) -> tuple[list[int], dict] | None:
+            tokens = self.tokenizer.render_prompt(FORMATS[reader.fmt](reader, record, where), self.system_prompt)
             if len(tokens) > self.max_prompt_length:
                 stats.dropped_too_long += 1
-                continue
-            ids.append(tokens)
-            kept.append(record)
-        stats.prompts = len(ids)
-        if not ids:
-            hints = {"skipped_invalid": f"first: {stats.first_error}",
-                     "dropped_too_long": f"longer than max_prompt_length={self.max_prompt_length}"}
-            losses = {k: getattr(stats, k) for k in hints}
-            raise split_loss(names.source, split, "prompt", stats.records, losses, hints)
-        warning = losses_warning("PPO prompt", split, stats, {
+                return None
+            return tokens, record
+
+        kept = self.read_all(rows, stats, rendered)
+        stats.prompts = len(kept)
+        if not kept:
+            raise self.nothing_left(split, stats, {
+                "dropped_too_long": f"longer than max_prompt_length={self.max_prompt_length}"})
+        self.warn_losses(split, stats, {
             "skipped_invalid": "{n} records skipped as invalid",
             "dropped_too_long": f"{{n}} prompts dropped: longer than max_prompt_length={self.max_prompt_length} "
                                 f"tokens"})
-        if warning:
-            rank_zero_warn(warning)
-        return Prompts(ids, kept)
+        return Prompts([ids for ids, _ in kept], [record for _, record in kept])
 
     def ptx_texts(self) -> list[str]:
-        if self.ptx_source == TASKS_SOURCE:
+        if self.ptx_source == "tasks":
             corpus = pretrain_corpus(self.ptx_docs, seed=self.seed, dup_rate=0.0, near_dup_rate=0.0, junk_rate=0.0,
                                      max_digits=self.max_digits)
             return corpus.docs
@@ -280,11 +207,7 @@ class PromptDataModule(TrainOrderState, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        self.tokenizer = model_tokenizer(self)
-        self.fingerprint = source_fingerprint(self.source, self._options())
-        for split, (records, names) in self.raw_records().items():
-            self.stats[split] = PromptStats()
-            self.datasets[split] = self.build(records, names, self.stats[split], split)
+        super().setup(stage)
         if self.ptx_source is not None:
             self.ptx = ptx_blocks(self.tokenizer, self.ptx_texts(), self.ptx_length)
             self.stats["train"].ptx_blocks = len(self.ptx)

@@ -26,7 +26,8 @@ Bad records (missing or empty required fields, unknown roles, non-string values)
 data), the field and, when it is missing, the fields the record has; with `skip_invalid` the record is skipped
 and counted in `stats[split]["skipped_invalid"]`. A missing column raises at once, naming the available fields;
 so does a `fields` key that is no canonical name (naming the nearest). A split that ends up with no example
-raises, naming the counts that emptied it and the option behind each.
+raises, naming the counts that emptied it and the option behind each. (Reading, splitting and the tokenizer:
+`lit_llm.data.record_module.RecordDataModule`; a new format is one function and one entry of `FORMATS`.)
 
 Packing. With `packing`, examples are packed into rows of `max_length` positions by best-fit decreasing (fewer
 pad tokens than greedy filling); `doc_ids` keep attention inside each example and positions restart per example
@@ -38,125 +39,67 @@ shuffles the rows, not the assignment of examples to rows); the whole dataset is
 """
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lit_llm.data.sampling import TrainOrderState, train_loader
-from lit_llm.data.sources import (
-    FieldError,
-    RecordError,
-    Records,
-    check_field_names,
-    holdout_split,
-    load_records,
-    losses_warning,
-    model_tokenizer,
-    require_fields,
-    source_fingerprint,
-    split_loss,
-)
-from lit_llm.data.tasks import alpaca_prompt, sft_records
+from lit_llm.data.record_module import RecordDataModule
+from lit_llm.data.records import MESSAGE_ROLES, RecordError, RecordReader
 from lit_llm.losses import IGNORE_INDEX
 from lit_llm.tokenizer import Tokenizer
+from lit_llm.world import alpaca_prompt, sft_records
 
-TASKS_SOURCE = "tasks"
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion")
-REQUIRED_COLUMNS = {"alpaca": ("instruction", "output"), "messages": ("messages",),
-                    "sharegpt": ("conversations",), "prompt_completion": ("prompt", "completion")}
-MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant"}
+
+
+# --------------------------------------------------------------------------------------------- records → chat
+def turns(reader: RecordReader, record: dict, where: str, list_key: str, role_key: str, content_key: str,
+          roles: dict[str, str]) -> list[dict]:
+    """The messages of a record's list of turns (OpenAI `messages` or ShareGPT `conversations`); every turn's
+    content is required (an SFT target cannot be empty)."""
+    value = record.get(reader.name(list_key))
+    if not isinstance(value, list) or not value:
+        raise RecordError(f"{where}: field {reader.name(list_key)!r} must be a non-empty list of turns")
+    return reader.messages(value, where, roles=roles, role_key=role_key, content_key=content_key, allow_empty=False)
+
+
+def alpaca_chat(reader: RecordReader, record: dict, where: str) -> list[dict]:
+    """`instruction` (+ `input`) → user, `output` → assistant: the prompt the gold evaluation and PPO ask."""
+    user = alpaca_prompt(reader.text(record, "instruction", where), reader.text(record, "input", where, False))
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": reader.text(record, "output", where)}]
+
+
+def prompt_completion_chat(reader: RecordReader, record: dict, where: str) -> list[dict]:
+    return [{"role": "user", "content": reader.text(record, "prompt", where)},
+            {"role": "assistant", "content": reader.text(record, "completion", where)}]
+
+
+def messages_chat(reader: RecordReader, record: dict, where: str) -> list[dict]:
+    return turns(reader, record, where, "messages", "role", "content", MESSAGE_ROLES)
+
+
+def sharegpt_chat(reader: RecordReader, record: dict, where: str) -> list[dict]:
+    return turns(reader, record, where, "conversations", "from", "value", SHAREGPT_ROLES)
+
+
+FORMATS = {"alpaca": alpaca_chat, "messages": messages_chat, "sharegpt": sharegpt_chat,
+           "prompt_completion": prompt_completion_chat}
+COLUMNS = {"messages": ("messages",), "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
+           "prompt_completion": ("prompt", "completion")}  # in the order `format: auto` tries them
 FIELD_NAMES = ("instruction", "input", "output", "messages", "conversations", "prompt", "completion", "role",
                "content", "from", "value", "system")  # what `fields` may rename
 
-# --------------------------------------------------------------------------------------------- records → chat
-def detect_format(columns: Sequence[str], fields: dict[str, str], source: str) -> str:
-    """The SFT format a source's columns (after the `fields` mapping) stand for."""
-    for fmt in ("messages", "sharegpt", "alpaca", "prompt_completion"):
-        if all(fields.get(name, name) in columns for name in REQUIRED_COLUMNS[fmt]):
-            return fmt
-    raise FieldError(f"{source}: cannot tell the SFT format from the fields {list(columns)}; set data.format "
-                     f"(one of {FORMATS}) and map differing names with data.fields")
 
-
-class RecordReader:
-    """Turns raw records of one source into chat messages.
-
-    Args:
-        fmt: One of `FORMATS`.
-        fields: Canonical name -> the data's name (only differing names need an entry).
-        source: Name of the source, for error messages.
-        system_prompt: System message for conversations that have none (and no `system` column value).
-        names: Names record i in error messages (`Records.where`: its file and line); default "source, record i".
-    """
-
-    def __init__(self, fmt: str, fields: dict[str, str], source: str, system_prompt: str | None = None,
-                 names: Callable[[int], str] | None = None) -> None:
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {fmt!r}")
-        self.fmt, self.fields, self.source, self.system_prompt = fmt, fields, source, system_prompt
-        self.where = names or (lambda i: f"{source}, record {i}")
-
-    def name(self, canonical: str) -> str:
-        return self.fields.get(canonical, canonical)
-
-    def text(self, record: dict, canonical: str, where: str, required: bool = True) -> str:
-        """A string field; missing/None/empty raises when `required`, else gives ""."""
-        value = record.get(self.name(canonical))
-        if value is not None and not isinstance(value, str):
-            raise RecordError(f"{where}: field {self.name(canonical)!r} must be a string, got "
-                              f"{type(value).__name__} {value!r:.40}")
-        if required and value is None:
-            # `datasets` gives every row every column of the file (None where absent): list only the present ones
-            present = sorted(k for k, v in record.items() if v is not None)
-            raise FieldError(f"{where}: missing field {self.name(canonical)!r}; available fields: {present}")
-        if required and not value.strip():
-            raise RecordError(f"{where}: field {self.name(canonical)!r} is empty")
-        return value or ""
-
-    def turns(self, record: dict, where: str, list_key: str, role_key: str, content_key: str,
-              roles: dict[str, str]) -> list[dict]:
-        """Messages out of a list of turns (OpenAI `messages` or ShareGPT `conversations`)."""
-        turns = record.get(self.name(list_key))
-        if not isinstance(turns, list) or not turns:
-            raise RecordError(f"{where}: field {self.name(list_key)!r} must be a non-empty list of turns")
-        messages = []
-        for j, turn in enumerate(turns):
-            if not isinstance(turn, dict):
-                raise RecordError(f"{where}, turn {j}: expected an object, got {type(turn).__name__}")
-            role = turn.get(self.name(role_key))
-            if role not in roles:
-                raise RecordError(f"{where}, turn {j}: field {self.name(role_key)!r} is {role!r}; "
-                                  f"expected one of {sorted(roles)}")
-            messages.append({"role": roles[role], "content": self.text(turn, content_key, f"{where}, turn {j}")})
-        return messages
-
-    def messages(self, record: dict, index: int) -> list[dict]:
-        """The conversation of record `index` (the source's 0-based row, for error messages)."""
-        where = self.where(index)
-        if self.fmt == "alpaca":
-            user = alpaca_prompt(self.text(record, "instruction", where), self.text(record, "input", where, False))
-            messages = [{"role": "user", "content": user},
-                        {"role": "assistant", "content": self.text(record, "output", where)}]
-        elif self.fmt == "prompt_completion":
-            messages = [{"role": "user", "content": self.text(record, "prompt", where)},
-                        {"role": "assistant", "content": self.text(record, "completion", where)}]
-        elif self.fmt == "messages":
-            messages = self.turns(record, where, "messages", "role", "content", MESSAGE_ROLES)
-        else:
-            messages = self.turns(record, where, "conversations", "from", "value", SHAREGPT_ROLES)
-        if not any(m["role"] == "assistant" for m in messages):
-            raise RecordError(f"{where}: the conversation has no assistant turn (nothing to learn)")
-        system = self.text(record, "system", where, required=False) or self.system_prompt
-        if system and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": system})
-        return messages
+def conversation(reader: RecordReader, record: dict, where: str) -> list[dict]:
+    """A record's conversation in its format, with the system message in front; it must have an assistant turn."""
+    messages = FORMATS[reader.fmt](reader, record, where)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RecordError(f"{where}: the conversation has no assistant turn (nothing to learn)")
+    return reader.with_system(record, messages, where)
 
 
 # ------------------------------------------------------------------------------------------- chat → examples
@@ -299,27 +242,13 @@ class SFTCollator:
 
 
 # ------------------------------------------------------------------------------------------------ data module
-class SFTDataModule(TrainOrderState, pl.LightningDataModule):
-    """Instruction / chat data for SFT, tokenized with the model's tokenizer in `setup`.
-
-    The tokenizer comes from the model being trained (`trainer.lightning_module.tokenizer`), which the SFT stage
-    loads with its `init_from` weights; outside a Trainer, set `datamodule.tokenizer` before `setup()`.
+class SFTDataModule(RecordDataModule):
+    """Instruction / chat data for SFT: records → conversations → examples (tokenized in `setup`) → packed or
+    padded rows.
 
     Args:
-        source: "tasks" (the built-in task world's SFT records, no download), a local file or folder (jsonl,
-            json, parquet) or a hub dataset name.
         format: "auto" (from the columns) or one of "alpaca", "messages", "sharegpt", "prompt_completion"
             (files and hub data; the task world's records are Alpaca records).
-        fields: Canonical field name -> the data's field name, e.g. {"output": "text"} (files and hub data).
-        val_source: Separate validation file/name; otherwise `val_fraction` of `source` is held out.
-        val_fraction: Share of records held out for validation when there is no `val_source`.
-        hub_name: Config name of a hub dataset.
-        hub_split: Split of a hub dataset to read (the validation source reads the same split).
-        system_prompt: System message added to conversations that have none (also used by the gold eval).
-        chat_template: How conversations are rendered: "auto" (default: the tokenizer's own template, else the
-            default one when it has its <|user|> ... <|end|> tokens, else a plain-text one, "### Instruction:" /
-            "### Response:" + its eos), "own", "default", "plain", a Jinja template or a file holding one. The model
-            keeps it (checkpoints, generation and the gold evaluation render the same way).
         num_records: Training records generated when `source` is "tasks" (train split of the task world).
         num_val_records: Validation records generated when `source` is "tasks" (val split).
         max_digits: Difficulty of the task world's arithmetic.
@@ -327,23 +256,17 @@ class SFTDataModule(TrainOrderState, pl.LightningDataModule):
         truncation: "truncate" (cut over-long examples to `max_length`) or "drop" them; both counted.
         packing: Pack several examples per row (attention isolated by `doc_ids`); else one example per row.
         train_on_prompt: Also train on prompt tokens (system, user, role headers), not only the assistant's.
-        skip_invalid: Skip (and count) records with missing/empty fields instead of raising.
-        batch_size: Rows per batch on each device.
-        seed: Seed for the task world and the train/val split of a file.
-        num_workers: DataLoader worker processes.
+        **options: The source options of `RecordDataModule` (source, fields, val_source, val_fraction, hub_name,
+            hub_split, system_prompt, chat_template, tokenizer_from, skip_invalid, batch_size, seed, num_workers).
     """
+
+    FORMATS, COLUMNS, FIELD_NAMES = FORMATS, COLUMNS, FIELD_NAMES
+    OPTIONS = ("num_records", "num_val_records", "max_digits", "max_length", "truncation", "train_on_prompt")
+    what, what_data = "example", "SFT"
 
     def __init__(
         self,
-        source: str = TASKS_SOURCE,
         format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion"] = "auto",
-        fields: dict[str, str] | None = None,
-        val_source: str | None = None,
-        val_fraction: float = 0.05,
-        hub_name: str | None = None,
-        hub_split: str = "train",
-        system_prompt: str | None = None,
-        chat_template: str | None = None,
         num_records: int = 4000,
         num_val_records: int = 200,
         max_digits: int = 2,
@@ -351,139 +274,49 @@ class SFTDataModule(TrainOrderState, pl.LightningDataModule):
         truncation: Literal["truncate", "drop"] = "truncate",
         packing: bool = True,
         train_on_prompt: bool = False,
-        skip_invalid: bool = False,
-        batch_size: int = 16,
-        seed: int = 0,
-        num_workers: int = 0,
+        **options: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(format=format, **options)
         if truncation not in ("truncate", "drop"):
             raise ValueError(f"truncation must be 'truncate' or 'drop', got {truncation!r}")
-        check_field_names(fields or {}, FIELD_NAMES)
-        self.source, self.format, self.fields = source, format, dict(fields or {})
-        self.val_source, self.val_fraction = val_source, val_fraction
-        self.hub_name, self.hub_split = hub_name, hub_split
-        self.system_prompt, self.num_records, self.num_val_records = system_prompt, num_records, num_val_records
-        self.chat_template, self.chat_template_note = chat_template, None
-        self.max_digits, self.max_length, self.truncation = max_digits, max_length, truncation
-        self.packing, self.train_on_prompt, self.skip_invalid = packing, train_on_prompt, skip_invalid
-        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.tokenizer: Tokenizer | None = None
-        self.fingerprint: str | None = None
-        self.stats: dict[str, SFTStats] = {}
-        self.datasets: dict[str, SFTRows] = {}
+        self.num_records, self.num_val_records, self.max_digits = num_records, num_val_records, max_digits
+        self.max_length, self.truncation = max_length, truncation
+        self.packing, self.train_on_prompt = packing, train_on_prompt
 
-    @property
-    def is_task_world(self) -> bool:
-        return self.source == TASKS_SOURCE
+    def task_world_records(self, split: str) -> list[tuple[dict, RecordReader]]:
+        n = self.num_records if split == "train" else self.num_val_records
+        reader = RecordReader("alpaca", {}, f"tasks/{split}", self.system_prompt)
+        return [(record, reader) for record in sft_records(n, split, self.seed, max_digits=self.max_digits)]
 
-    def _options(self) -> dict[str, Any]:
-        """Everything besides the source's bytes that shapes the examples (for the fingerprint)."""
-        keys = ("format", "fields", "val_source", "val_fraction", "hub_name", "hub_split", "system_prompt",
-                "num_records", "num_val_records", "max_digits", "max_length", "truncation", "train_on_prompt",
-                "skip_invalid", "seed")
-        options = {k: getattr(self, k) for k in keys}
-        if self.chat_template is not None:  # unset: the fingerprints of earlier runs stay valid
-            options["chat_template"] = self.chat_template
-        return options
-
-    def _model_tokenizer(self) -> Tokenizer:
-        """The model's tokenizer, after checking that `max_length` fits the model's context."""
-        tokenizer = model_tokenizer(self)
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        max_seq_len = getattr(getattr(getattr(module, "model", None), "config", None), "max_seq_len", None)
-        if max_seq_len is not None and self.max_length > max_seq_len:
-            raise ValueError(f"data.max_length={self.max_length} exceeds the model's max_seq_len={max_seq_len}")
-        return tokenizer
-
-    def _raw_records(self) -> tuple[dict[str, list[tuple[int, dict]]], RecordReader, RecordReader]:
-        """Train and validation records, each with its row in the source (for error messages), and a reader for
-        each split."""
-        if self.is_task_world:
-            train = sft_records(self.num_records, "train", self.seed, max_digits=self.max_digits)
-            val = sft_records(self.num_val_records, "val", self.seed, max_digits=self.max_digits)
-            return ({"train": list(enumerate(train)), "val": list(enumerate(val))},
-                    RecordReader("alpaca", {}, "tasks/train", self.system_prompt),
-                    RecordReader("alpaca", {}, "tasks/val", self.system_prompt))
-        records = load_records(self.source, self.hub_split, self.hub_name)
-        reader, rows = self._reader(records), list(enumerate(records.rows))
-        if self.val_source is not None:
-            val = load_records(self.val_source, self.hub_split, self.hub_name)
-            return {"train": rows, "val": list(enumerate(val.rows))}, reader, self._reader(val)
-        train, val = holdout_split(rows, self.val_fraction, self.seed, self.source)
-        return {"train": train, "val": val}, reader, reader
-
-    def _reader(self, records: Records) -> RecordReader:
-        """A reader for a loaded source, after checking that its format's required columns exist."""
-        columns, source = records.columns, records.source
-        fmt = detect_format(columns, self.fields, source) if self.format == "auto" else self.format
-        reader = RecordReader(fmt, self.fields, source, self.system_prompt, records.where)
-        require_fields(columns, [reader.name(name) for name in REQUIRED_COLUMNS[fmt]], source)
-        return reader
-
-    def build_examples(self, records: list[tuple[int, dict]], reader: RecordReader, tokenizer: Tokenizer,
-                       stats: SFTStats) -> list[SFTExample]:
-        """(row, record) pairs → conversations → examples under the length policy; `stats` counts what
-        happened."""
-        examples = []
-        for row, record in records:
-            stats.records += 1
-            try:
-                messages = reader.messages(record, row)
-            except RecordError as err:
-                if not self.skip_invalid:
-                    raise
-                stats.skipped_invalid += 1
-                stats.first_error = stats.first_error or str(err)
-                continue
-            example = encode_example(tokenizer, messages, self.train_on_prompt)
-            example = apply_length_policy(example, self.max_length, self.truncation, stats)
-            if example is not None:
-                examples.append(example)
-                stats.examples += 1
-                stats.target_tokens += example.num_targets
-                stats.tokens += len(example)
-        return examples
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:  # setup runs once per Trainer call; the tokenized data does not change
-            return
-        tokenizer = self.tokenizer = self._model_tokenizer()
-        source = TASKS_SOURCE if self.is_task_world else self.source
-        self.fingerprint = source_fingerprint(source, self._options())
-        records, train_reader, val_reader = self._raw_records()
-        for split, reader in (("train", train_reader), ("val", val_reader)):
-            stats = self.stats[split] = SFTStats()
-            examples = self.build_examples(records[split], reader, tokenizer, stats)
-            if not examples:
-                raise self._nothing_left(reader.source, split, stats)
-            rows = pack_examples([len(ex) for ex in examples], self.max_length) if self.packing else None
-            self.datasets[split] = SFTRows(examples, rows)
-            stats.rows = len(self.datasets[split])
-            self._warn_losses(split, stats)
-
-    def _nothing_left(self, source: str, split: str, stats: SFTStats) -> ValueError:
-        losses = {k: getattr(stats, k) for k in ("skipped_invalid", "dropped_too_long", "dropped_no_target")}
-        hints = {"skipped_invalid": f"first: {stats.first_error}",
-                 "dropped_too_long": f"longer than max_length={self.max_length}; truncation=truncate cuts them",
-                 "dropped_no_target": f"max_length={self.max_length} cuts off every answer"}
-        return split_loss(source, split, "example", stats.records, losses, hints)
-
-    def _warn_losses(self, split: str, stats: SFTStats) -> None:
-        examples = stats.records - stats.skipped_invalid
-        warning = losses_warning("SFT", split, stats, {
+    def build_split(self, split: str, rows: list[tuple[int, dict, RecordReader]]) -> Dataset:
+        stats = self.stats[split] = SFTStats()
+        examples = self.read_all(rows, stats, lambda reader, record, where: self.example(reader, record, where,
+                                                                                         stats))
+        if not examples:
+            raise self.nothing_left(split, stats, {
+                "dropped_too_long": f"longer than max_length={self.max_length}; truncation=truncate cuts them",
+                "dropped_no_target": f"max_length={self.max_length} cuts off every answer"})
+        rows_of = pack_examples([len(ex) for ex in examples], self.max_length) if self.packing else None
+        dataset = SFTRows(examples, rows_of)
+        stats.rows = len(dataset)
+        self.warn_losses(split, stats, {
             "skipped_invalid": "{n} records skipped as invalid",
-            "truncated": f"{{n}} of {examples} examples cut to max_length={self.max_length} positions",
-            "dropped_too_long": f"{{n}} of {examples} examples dropped: longer than max_length={self.max_length}",
+            "truncated": f"{{n}} of {stats.records - stats.skipped_invalid} examples cut to "
+                         f"max_length={self.max_length} positions",
+            "dropped_too_long": f"{{n}} of {stats.records - stats.skipped_invalid} examples dropped: longer than "
+                                f"max_length={self.max_length}",
             "dropped_no_target": "{n} examples dropped: no assistant token left to learn"})
-        if warning:
-            rank_zero_warn(warning)
+        return dataset
 
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(self, self.datasets["train"], self.batch_size, self.seed,
-                            collate_fn=SFTCollator(self.tokenizer.pad_id), num_workers=self.num_workers)
+    def example(self, reader: RecordReader, record: dict, where: str, stats: "SFTStats") -> "SFTExample | None":
+        """A record's example under the length policy (None when dropped), counted in `stats`."""
+        example = encode_example(self.tokenizer, conversation(reader, record, where), self.train_on_prompt)
+        example = apply_length_policy(example, self.max_length, self.truncation, stats)
+        if example is not None:
+            stats.examples += 1
+            stats.target_tokens += example.num_targets
+            stats.tokens += len(example)
+        return example
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["val"], batch_size=self.batch_size,
-                          collate_fn=SFTCollator(self.tokenizer.pad_id), num_workers=self.num_workers)
-
+    def collate_fn(self) -> "SFTCollator":
+        return SFTCollator(self.tokenizer.pad_id)

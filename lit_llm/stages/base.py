@@ -10,14 +10,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torchmetrics
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 
 from lit_llm.checkpoint import META_KEY, LoadedModel, checkpoint_meta, load_backbone
-from lit_llm.data.prompts import render_prompt
-from lit_llm.data.tasks import Example, make_examples
-from lit_llm.evaluation import gold_eval
 from lit_llm.model import Transformer
 from lit_llm.optim import OptimConfig, configure_adamw
 from lit_llm.tokenizer import Tokenizer
@@ -27,13 +23,15 @@ class StageModule(pl.LightningModule):
     """Base of the stage modules.
 
     Subclasses set `stage`, build `self.model` (a `Transformer`) and `self.tokenizer`, and may set
-    `parent_run_id` (the MLflow run that produced their starting weights) and `samples` (rows of sample
-    generations that `SampleGenerations` logs as a table). Stages with a gold evaluation set `gold_eval_examples`,
-    `gold_max_new_tokens`, `num_samples` (and optionally `gold_max_digits`, `gold_batch_size`) and call
-    `run_gold_eval`; a stage whose model is not a chat model overrides `render_question` and `gold_stop_ids`.
+    `parent_run_id` (the MLflow run that produced their starting weights) and `samples` (rows that
+    `SampleGenerations` logs as a table). A stage that generates answers (`generates`) is scored by the gold
+    evaluation (`evaluation.GoldEval`), which asks it to render a question (`render_question`) and to say which
+    tokens end an answer (`answer_stop_ids`); a base model (`chat = False`) overrides both.
     """
 
     stage: str = "base"
+    generates: bool = True  # answers questions (the gold evaluation scores it); False for the reward model
+    chat: bool = True  # an instruction model asked through the chat template; False for a base model
 
     def __init__(self, optim: OptimConfig | None = None) -> None:
         super().__init__()
@@ -42,7 +40,6 @@ class StageModule(pl.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.parent_run_id: str | None = None
         self.samples: list[dict] = []
-        self.gold_metric = torchmetrics.MeanMetric()  # syncs across ranks in compute()
         self.base_seed: int | None = None
 
     @property
@@ -101,8 +98,10 @@ class StageModule(pl.LightningModule):
         return configure_adamw(self, self.optim, int(self.trainer.estimated_stepping_batches))
 
     def setup(self, stage: str) -> None:
-        """Record the data module's counts (examples, truncated, dropped...) as run params, when it keeps any."""
+        """Take the data's tokenizer (its chat template) and check it and the data's length against the model's;
+        record the data module's counts (examples, truncated, dropped...) as run params, when it keeps any."""
         datamodule = getattr(self.trainer, "datamodule", None)
+        self.adopt_data_tokenizer(datamodule)
         stats = getattr(datamodule, "stats", None)
         if not stats:
             return
@@ -112,29 +111,31 @@ class StageModule(pl.LightningModule):
         for logger in self.loggers:
             logger.log_hyperparams(params)
 
-    def render_question(self, example: Example) -> list[int]:
-        """A gold question as a chat: [the data module's system prompt], user = the question, assistant header."""
-        system = getattr(getattr(self.trainer, "datamodule", None), "system_prompt", None)
-        return render_prompt(self.tokenizer, example.prompt, system)
+    def adopt_data_tokenizer(self, datamodule: Any) -> None:
+        """The data module (set up first) tokenized with `tokenizer_from`, normally this model's own `init_from`,
+        and chose the chat template: the model renders the same way from now on (the checkpoint keeps it), after
+        checking that the data's tokens mean the same here."""
+        max_length, model = getattr(datamodule, "max_length", None), self.model
+        if max_length is not None and model is not None and max_length > model.config.max_seq_len:
+            raise ValueError(f"data.max_length={max_length} exceeds the model's max_seq_len={model.config.max_seq_len}")
+        data_tokenizer = getattr(datamodule, "tokenizer", None)
+        if data_tokenizer is None or self.tokenizer is None or data_tokenizer is self.tokenizer:
+            return
+        if getattr(datamodule, "chat_template_note", None) is not None:
+            self.tokenizer.chat_template = data_tokenizer.chat_template
+        if (difference := self.tokenizer.difference(data_tokenizer)) is not None:
+            raise ValueError(f"the data was tokenized with another tokenizer "
+                             f"({getattr(datamodule, 'tokenizer_from', None) or 'datamodule.tokenizer'}) than the "
+                             f"model's (init_from {getattr(self, 'init_from', '?')}): {difference} (here = the "
+                             f"model's); its token ids would mean other text")
 
-    def gold_stop_ids(self) -> list[int]:
-        """Tokens that end a gold answer: the end of the assistant's turn."""
+    def render_question(self, prompt: str, system_prompt: str | None = None) -> list[int]:
+        """A question as the model is asked it: [system], user = the question, then the assistant header."""
+        return self.tokenizer.render_prompt(prompt, system_prompt)
+
+    def answer_stop_ids(self) -> list[int]:
+        """Tokens that end an answer: the end of the assistant's turn (and eos)."""
         return self.tokenizer.chat_stop_ids()
-
-    def run_gold_eval(self, split: str = "val") -> None:
-        """`<split>/gold_accuracy` on held-out task-world questions (val or test split), each rank answering its
-        share; the first answers become the run's sample table."""
-        examples = make_examples(self.gold_eval_examples, split=split, seed=0,
-                                 max_digits=getattr(self, "gold_max_digits", 2))
-        rank, world = self.global_rank, self.trainer.world_size
-        rows = gold_eval(self.model, self.tokenizer, examples[rank::world], self.render_question,
-                         self.gold_max_new_tokens, stop_ids=self.gold_stop_ids(),
-                         batch_size=getattr(self, "gold_batch_size", 32))
-        for row in rows:
-            self.gold_metric.update(float(row["correct"]))
-        self.log(f"{split}/gold_accuracy", self.gold_metric.compute())
-        self.gold_metric.reset()
-        self.samples = rows[: self.num_samples]
 
     # ------------------------------------------------------------------------------------- randomness
     def on_fit_start(self) -> None:

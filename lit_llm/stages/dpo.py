@@ -19,8 +19,8 @@ the reference scores every train and validation sequence once in `on_fit_start`,
 
 Metrics: loss, rewards β·(log π − log π_ref) of chosen/rejected, reward_margin, reward_accuracy (share of pairs
 whose chosen reward is higher; a tie counts half), logps_chosen/logps_rejected, under train/ and val/ (val
-weighted per prompt like the loss), and val/gold_accuracy: greedy answers to held-out task-world questions with
-the chat template, as in the SFT stage.
+weighted per prompt like the loss); `evaluation.GoldEval` adds val/gold_accuracy, as in every stage that
+generates.
 
 Deliberate simplifications: the precomputed cache is not stored in checkpoints (a resumed run recomputes it);
 with several devices every rank precomputes the whole dataset.
@@ -76,12 +76,6 @@ class DPOModule(StageModule):
         rpo_alpha: Weight α of the NLL per chosen token (RPO); 0 = off.
         precompute_ref_logprobs: Score all sequences with the reference once before training, then free it.
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
-        gold_eval_examples: Held-out task-world questions answered greedily at each validation
-            (val/gold_accuracy); 0 disables it.
-        gold_max_new_tokens: Tokens generated per gold question.
-        gold_max_digits: Difficulty of the gold questions (the task world's `max_digits`).
-        gold_batch_size: Questions generated per batch.
-        num_samples: Sample generations logged to MLflow at each validation.
     """
 
     stage = "dpo"
@@ -97,11 +91,6 @@ class DPOModule(StageModule):
         rpo_alpha: float = 0.0,
         precompute_ref_logprobs: bool = False,
         activation_checkpointing: bool = False,
-        gold_eval_examples: int = 64,
-        gold_max_new_tokens: int = 16,
-        gold_max_digits: int = 2,
-        gold_batch_size: int = 32,
-        num_samples: int = 4,
     ) -> None:
         super().__init__(optim)
         if loss_type not in PAIR_LOSSES:
@@ -111,8 +100,6 @@ class DPOModule(StageModule):
         self.init_from, self.ref_from = init_from, ref_from
         self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha = beta, loss_type, label_smoothing, rpo_alpha
         self.precompute_ref_logprobs = precompute_ref_logprobs
-        self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
-        self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
         self.load_starting_model(init_from, activation_checkpointing)
         self.set_frozen("reference", self.load_reference(ref_from))
         self.ref_cache: dict[bytes, float] | None = None
@@ -188,7 +175,3 @@ class DPOModule(StageModule):
             value = out["per_pair"] if name == "loss" else out[name]
             self.val_metrics[name].update(value, weight=batch["weight"])  # weighted: each prompt counts once
             self.log(f"val/{name}", self.val_metrics[name], prog_bar=name == "reward_accuracy")
-
-    def on_validation_epoch_end(self) -> None:
-        if self.gold_eval_examples and not self.trainer.sanity_checking:
-            self.run_gold_eval()

@@ -15,7 +15,6 @@ import torch
 import torchmetrics
 
 from lit_llm.checkpoint import load_backbone
-from lit_llm.data.tasks import Example
 from lit_llm.evaluation import generate_texts
 from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
 from lit_llm.model import ModelConfig, Transformer
@@ -34,13 +33,11 @@ class PretrainLM(StageModule):
         init_from: Continue pretraining from a lit_llm checkpoint or a Hugging Face Llama directory
             (its config and tokenizer win over `backbone` and the data module's tokenizer).
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
-        gold_eval_examples: Held-out task-world questions answered greedily at each validation
-            (val/gold_accuracy); only when the data is the task world. 0 disables it.
-        gold_max_new_tokens: Tokens generated per gold question.
-        num_samples: Sample generations logged to MLflow at each validation.
+        max_new_tokens: Tokens `lit-llm predict` generates per prompt.
     """
 
     stage = "pretrain"
+    chat = False  # a base model: asked as its corpus shows questions, and only on the task world's own data
 
     def __init__(
         self,
@@ -50,16 +47,12 @@ class PretrainLM(StageModule):
         mask_prob: float = 0.15,
         init_from: str | None = None,
         activation_checkpointing: bool = False,
-        gold_eval_examples: int = 64,
-        gold_max_new_tokens: int = 12,
-        num_samples: int = 4,
+        max_new_tokens: int = 12,
     ) -> None:
         super().__init__(optim)
         self.backbone_config = backbone or ModelConfig()
         self.objective, self.mask_prob, self.init_from = objective, mask_prob, init_from
-        self.activation_checkpointing = activation_checkpointing
-        self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
-        self.num_samples = num_samples
+        self.activation_checkpointing, self.max_new_tokens = activation_checkpointing, max_new_tokens
         self.eval_ppl = torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX)
 
     def configure_model(self) -> None:
@@ -125,18 +118,16 @@ class PretrainLM(StageModule):
     def eval_epoch_end(self, prefix: str) -> None:
         self.log(f"{prefix}/ppl", self.eval_ppl.compute())
         self.eval_ppl.reset()
-        if self.gold_eval_examples and getattr(self.trainer.datamodule, "is_task_world", False):
-            self.run_gold_eval(prefix)
 
     def predict_step(self, batch: list[str], batch_idx: int) -> list[dict]:
         """Greedy completions of a batch of prompt strings (see `TextDataModule.predict_prompts`)."""
         prompts = [self.tokenizer.encode(p, bos=self.tokenizer.bos_id is not None) for p in batch]
-        completions = generate_texts(self.model, self.tokenizer, prompts, self.gold_max_new_tokens)
+        completions = generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens)
         return [{"prompt": p, "completion": c} for p, c in zip(batch, completions)]
 
-    def render_question(self, example: Example) -> list[int]:
+    def render_question(self, prompt: str, system_prompt: str | None = None) -> list[int]:
         """A base model sees questions as the corpus shows them: a new document "Q: ...\\nA:"."""
-        return self.tokenizer.encode(f"Q: {example.prompt}\nA:", bos=self.tokenizer.bos_id is not None)
+        return self.tokenizer.encode(f"Q: {prompt}\nA:", bos=self.tokenizer.bos_id is not None)
 
-    def gold_stop_ids(self) -> list[int]:
+    def answer_stop_ids(self) -> list[int]:
         return [self.tokenizer.eos_id]

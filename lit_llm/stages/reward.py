@@ -18,27 +18,24 @@ the model's tokenizer in its `setup`, which Lightning runs before the module's `
 After training (`on_train_end`, all ranks), the reward's mean and std over a fixed sample of training sequences
 are stored in the buffers `reward_mean` / `reward_std` (in the state dict) and in
 `checkpoint["lit_llm"]["reward_stats"]`, and every checkpoint callback's `last.ckpt` is written again so it
-carries them; PPO normalises rewards with them (`load_reward_model`).
+carries them; PPO and rejection sampling normalise rewards with them (`rollout.load_reward_model`).
 
 Deliberate simplification: the statistics are over the training data's responses (chosen and rejected alike),
 not over the policy's samples.
 """
 
 import math
-import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 import torchmetrics
 from torch import nn
 
-from lit_llm.checkpoint import META_KEY, load_backbone
+from lit_llm.checkpoint import META_KEY
 from lit_llm.losses import IGNORE_INDEX, reward_centering_loss, reward_pair_loss, reward_regression_loss
 from lit_llm.model import ScalarHead, last_token_index
 from lit_llm.optim import OptimConfig
 from lit_llm.stages.base import StageModule
-from lit_llm.tokenizer import Tokenizer
 
 VAL_METRICS = ("loss", "pair_accuracy", "reward_chosen", "reward_rejected", "reward_margin", "mse")
 
@@ -67,6 +64,7 @@ class RewardModule(StageModule):
     """
 
     stage = "reward"
+    generates = False  # a scalar head: no answers for the gold evaluation
 
     def __init__(
         self,
@@ -98,7 +96,7 @@ class RewardModule(StageModule):
         return self.head(last).squeeze(-1).float()  # the head on one position per row, as ScalarHead.score
 
     def scalar_head(self) -> ScalarHead:
-        """A `ScalarHead` sharing this module's backbone and head (what `load_reward_model` returns)."""
+        """A `ScalarHead` sharing this module's backbone and head (what `rollout.load_reward_model` returns)."""
         scorer = ScalarHead(self.model)
         scorer.head = self.head
         return scorer
@@ -206,26 +204,3 @@ class RewardModule(StageModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.reward_stats = checkpoint.get(META_KEY, {}).get("reward_stats")
-
-
-def load_reward_model(path: str | Path) -> tuple[ScalarHead, Tokenizer, float, float]:
-    """A trained reward model for scoring (e.g. PPO): (ScalarHead in eval mode, tokenizer, mean, std).
-
-    Score a batch with `scorer.score(ids, attention_mask)` (the value at the last real token, any padding side)
-    and normalise as (r - mean) / std. Sequences should end at the response's end-of-turn token, as in training.
-
-    Args:
-        path: A `.ckpt` written by the reward stage; other stages' checkpoints are refused.
-    """
-    loaded = load_backbone(path)
-    if loaded.stage != RewardModule.stage:
-        raise ValueError(f"{path} was written by the {loaded.stage!r} stage, not by the reward stage: it has no "
-                         f"trained reward head. Train one with `lit-llm fit --config configs/reward/tiny.yaml` "
-                         f"(model: lit_llm.RewardModule) and pass its last.ckpt")
-    scorer = ScalarHead(loaded.model)
-    state = loaded.state_dict
-    scorer.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
-    if "reward_stats" not in loaded.meta:
-        warnings.warn(f"{path} has no reward statistics (written before training ended?); "
-                      f"mean/std are {float(state['reward_mean'])}/{float(state['reward_std'])}", stacklevel=2)
-    return scorer.eval(), loaded.tokenizer, float(state["reward_mean"]), float(state["reward_std"])

@@ -9,9 +9,9 @@ Hugging Face Llama directory), because the data module tokenizes with the model'
 Lightning runs before the module's `configure_model`. The MLflow run of the starting checkpoint becomes this run's
 parent (`lit_llm.parent_run_id`).
 
-Validation: val/loss (token-weighted mean over the validation targets, so val/ppl = exp(val/loss) exactly),
-val/ppl and val/gold_accuracy: batched greedy answers (KV cache) to held-out task-world questions rendered with
-the chat template (user message = the question, generation prompt on, stopping at the end-of-turn token).
+Validation: val/loss (token-weighted mean over the validation targets, so val/ppl = exp(val/loss) exactly) and
+val/ppl; `evaluation.GoldEval` adds val/gold_accuracy (greedy answers to held-out task-world questions asked
+through the chat template).
 
 Deliberate simplification: train/loss is the mean over each batch's target tokens, so with gradient accumulation
 batches with more targets do not weigh more.
@@ -33,12 +33,6 @@ class SFTModule(StageModule):
             Hugging Face Llama directory. Required.
         optim: Optimizer and schedule.
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
-        gold_eval_examples: Held-out task-world questions answered greedily at each validation
-            (val/gold_accuracy); 0 disables it.
-        gold_max_new_tokens: Tokens generated per gold question.
-        gold_max_digits: Difficulty of the gold questions (the task world's `max_digits`).
-        gold_batch_size: Questions generated per batch.
-        num_samples: Sample generations logged to MLflow at each validation.
     """
 
     stage = "sft"
@@ -48,17 +42,10 @@ class SFTModule(StageModule):
         init_from: str,
         optim: OptimConfig | None = None,
         activation_checkpointing: bool = False,
-        gold_eval_examples: int = 64,
-        gold_max_new_tokens: int = 16,
-        gold_max_digits: int = 2,
-        gold_batch_size: int = 32,
-        num_samples: int = 4,
     ) -> None:
         super().__init__(optim)
         self.init_from = init_from
         self.load_starting_model(init_from, activation_checkpointing)
-        self.gold_eval_examples, self.gold_max_new_tokens = gold_eval_examples, gold_max_new_tokens
-        self.gold_max_digits, self.gold_batch_size, self.num_samples = gold_max_digits, gold_batch_size, num_samples
         self.val_loss = torchmetrics.MeanMetric()
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,5 +80,3 @@ class SFTModule(StageModule):
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/ppl", torch.exp(loss))
-        if self.gold_eval_examples and not self.trainer.sanity_checking:
-            self.run_gold_eval()

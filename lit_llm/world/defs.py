@@ -1,6 +1,6 @@
 """Definitions of the built-in tasks: word list, units, prompt templates, solvers and typical mistakes.
 
-Private helper of `lit_llm.data.tasks` (the public API lives there). Each task is a `TaskDef` whose key space is
+Part of the task world `lit_llm.world` (its public API is re-exported there). Each task is a `TaskDef` whose key space is
 indexed by an integer, so the sampler can either enumerate a small space or draw random indices from a huge one with
 the same code.
 

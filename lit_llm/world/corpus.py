@@ -1,6 +1,5 @@
-"""Building blocks of the task world's pretraining corpus: clean documents, near-duplicates and junk.
-
-Private helper of `lit_llm.data.tasks` (see `pretrain_corpus` there for the assembly and the labels).
+"""The task world's pretraining corpus: clean documents of worked examples with injected exact duplicates,
+near-duplicates and junk, labelled so that `lit-llm prepare`'s cleaning can be scored.
 
 A clean document is an optional intro line followed by worked examples ("Q: ... / A: ...", the chat-like
 "User: ... / Assistant: ..." phrasing with the SFT answer sentences) and prose explanations, at least
@@ -10,9 +9,12 @@ A clean document is an optional intro line followed by worked examples ("Q: ... 
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
-from lit_llm.data._task_defs import TASK_DEFS, parse_key, say
+from lit_llm.world.defs import TASK_DEFS, parse_key, say
+from lit_llm.world.examples import example_stream, rng_for
+
 
 MIN_DOC_WORDS = 40
 MIN_SEGMENTS = 3
@@ -143,3 +145,91 @@ def junk_doc(rng: random.Random) -> str:
     if kind == 1:
         return "\n".join([rng.choice(BOILERPLATE)] * rng.randint(3, 10))
     return rng.choice(SHORT_JUNK)
+
+
+CORPUS_KINDS: tuple[str, ...] = ("clean", "exact_dup", "near_dup", "junk")
+
+
+@dataclass
+class Corpus:
+    """A pretraining corpus with the labels of what was injected.
+
+    Args:
+        docs: the documents.
+        kinds: per document, one of `CORPUS_KINDS`.
+        sources: per document, for "exact_dup"/"near_dup" the index (into docs) of the clean document it copies,
+            else None.
+        junk_lines: per document, the number of boilerplate lines injected into an otherwise good document
+            (copied along by its duplicates; 0 for junk documents, which are junk as a whole).
+    """
+
+    docs: list[str]
+    kinds: list[str]
+    sources: list[int | None]
+    junk_lines: list[int]
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def indices(self, kind: str) -> list[int]:
+        """Indices of the documents of one kind."""
+        return [i for i, k in enumerate(self.kinds) if k == kind]
+
+
+def _corpus_counts(n_docs: int, rates: Sequence[float]) -> list[int]:
+    """[n_clean, n_dup, n_near, n_junk] for the given [dup, near_dup, junk] rates (rounded)."""
+    if any(not 0.0 <= r <= 1.0 for r in rates):
+        raise ValueError(f"rates must be in [0, 1], got {rates}")
+    counts = [round(n_docs * r) for r in rates]
+    n_clean = n_docs - sum(counts)
+    if n_clean < 0 or (n_clean == 0 and counts[0] + counts[1] > 0):
+        raise ValueError(f"rates {rates} leave no clean documents to duplicate")
+    return [n_clean, *counts]
+
+
+def pretrain_corpus(n_docs: int, seed: int = 0, dup_rate: float = 0.1, near_dup_rate: float = 0.1,
+                    junk_rate: float = 0.1, split: str = "train", junk_line_rate: float = 0.05,
+                    tasks: Sequence[str] | None = None, max_digits: int = 2) -> Corpus:
+    """Pretraining documents built from worked examples of one split, with injected duplicates and junk.
+
+    Exactly round(n_docs * rate) documents of each injected kind (the rest clean), in shuffled order. Clean
+    documents hold >= 3 worked examples (Q/A, chat-like, prose explanation) and >= 40 words; exact duplicates copy a
+    clean document; near-duplicates edit a few words of one (word 5-shingle Jaccard to it in [0.7, 0.9]); junk
+    documents are symbol soup, repeated boilerplate or very short pages. Tasks are balanced: keys of a task repeat
+    once its keys in the split are used up (see `make_examples(unique=False)`).
+
+    Args:
+        n_docs: total number of documents.
+        seed: random seed.
+        dup_rate: share of exact duplicate documents.
+        near_dup_rate: share of near-duplicate documents.
+        junk_rate: share of junk documents.
+        split: split whose keys the examples use ("train" keeps held-out keys out of pretraining).
+        junk_line_rate: probability that a clean document gets 1-2 boilerplate lines (see `Corpus.junk_lines`).
+        tasks: subset of `TASKS` (default: all).
+        max_digits: difficulty knob, numbers range over [0, 10**max_digits).
+    """
+    n_clean, n_dup, n_near, n_junk = _corpus_counts(n_docs, (dup_rate, near_dup_rate, junk_rate))
+    rng = rng_for("corpus", seed, split, max_digits)
+    stream = example_stream(split, seed, tasks, max_digits, "corpus", unique=False)  # balanced, keys repeat
+    items = []  # (doc, kind, index of the source among the clean docs, junk lines); clean docs come first
+    for _ in range(n_clean):
+        doc, lines = clean_doc(stream, rng), 0
+        if rng.random() < junk_line_rate:
+            doc, lines = add_junk_lines(doc, rng)
+        items.append((doc, "clean", None, lines))
+    for _ in range(n_dup):
+        s = rng.randrange(n_clean)
+        items.append((items[s][0], "exact_dup", s, items[s][3]))
+    for _ in range(n_near):
+        s = rng.randrange(n_clean)
+        items.append((near_duplicate(items[s][0], rng), "near_dup", s, items[s][3]))
+    items += [(junk_doc(rng), "junk", None, 0) for _ in range(n_junk)]
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    new_index = {old: new for new, old in enumerate(order)}
+    return Corpus(docs=[items[o][0] for o in order], kinds=[items[o][1] for o in order],
+                  sources=[None if items[o][2] is None else new_index[items[o][2]] for o in order],
+                  junk_lines=[items[o][3] for o in order])
+
+

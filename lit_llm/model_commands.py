@@ -1,0 +1,52 @@
+"""Commands that use a model: `lit-llm generate` (a completion from a checkpoint or Hugging Face directory) and
+`lit-llm export` (a checkpoint as a Hugging Face Llama directory)."""
+
+import argparse
+
+import torch
+
+from lit_llm.checkpoint import load_backbone
+from lit_llm.evaluation import generate_texts
+from lit_llm.hf import export_hf
+
+
+def generate_command(argv: list[str]) -> None:
+    """Sample a completion from a checkpoint or Hugging Face Llama directory."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm generate", description=generate_command.__doc__)
+    parser.add_argument("source", help="a lit_llm .ckpt of any stage, or a Hugging Face Llama-format directory")
+    parser.add_argument("--prompt", required=True, action="append",
+                        help="prompt text; repeat the flag for a batch of prompts")
+    parser.add_argument("--chat", action="store_true",
+                        help="wrap the prompt as a user turn of the model's chat template")
+    parser.add_argument("--system", default=None, help="system message (with --chat)")
+    parser.add_argument("--max_new_tokens", type=int, default=64, help="tokens to generate at most (default 64)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), else sampling")
+    parser.add_argument("--top_k", type=int, default=None, help="sample from the k most likely tokens")
+    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    args = parser.parse_args(argv)
+    loaded = load_backbone(args.source)
+    tokenizer = loaded.tokenizer
+    if args.chat:
+        prompts = [tokenizer.render_prompt(p, args.system) for p in args.prompt]
+        stop = tokenizer.chat_stop_ids()
+    else:
+        prompts = [tokenizer.encode(p, bos=tokenizer.bos_id is not None) for p in args.prompt]
+        stop = [tokenizer.eos_id]
+    generator = torch.Generator().manual_seed(args.seed)
+    texts = generate_texts(loaded.model, tokenizer, prompts, args.max_new_tokens, stop,
+                           temperature=args.temperature, generator=generator,
+                           top_k=args.top_k, top_p=args.top_p)
+    for prompt, text in zip(args.prompt, texts):
+        print(f"{prompt}{text}" if not args.chat else text)
+
+
+def export_command(argv: list[str]) -> None:
+    """Write a checkpoint's backbone and tokenizer as a Hugging Face Llama-format directory."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm export", description=export_command.__doc__)
+    parser.add_argument("checkpoint", help="a lit_llm .ckpt of any stage")
+    parser.add_argument("out_dir", help="directory to write config.json, model.safetensors, tokenizer.json, ...")
+    args = parser.parse_args(argv)
+    loaded = load_backbone(args.checkpoint)
+    export_hf(loaded.model, loaded.tokenizer, args.out_dir)
+    print(f"wrote {args.out_dir} (stage {loaded.stage}, {loaded.model.num_params():,} parameters)")
