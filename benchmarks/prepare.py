@@ -25,7 +25,7 @@ from pathlib import Path
 
 import datasets
 
-from lit_llm.data.cleaning import _identifier
+from lit_llm.data.cleaning import language_identifier
 from lit_llm.data.prepare import parse_config, prepare
 
 STEP_ORDER = ("read", "normalize", "quality", "language", "blocklist", "exact_dedup", "near_dedup", "tokenizer",
@@ -147,7 +147,7 @@ def main() -> None:
     args = parse_args()
     load_start = os.getloadavg()[0]
     start = time.perf_counter()
-    _identifier()
+    language_identifier()
     load_s = time.perf_counter() - start
     runs = [run_once(args, n) for n in args.num_proc]
     for r in runs:

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_llm.model import Block
 from lit_llm.tracking import MLflowLogger, flatten, run_tags
 
 
@@ -199,8 +200,6 @@ class Compile(pl.Callback):
         self.backend, self.mode, self.dynamic = backend, mode, dynamic
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        from lit_llm.model import Block
-
         for module in pl_module.modules():
             if isinstance(module, Block):
                 module.compile(backend=self.backend, mode=self.mode, dynamic=self.dynamic)

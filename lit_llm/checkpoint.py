@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from lit_llm.hf import load_hf
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.tokenizer import Tokenizer
 
@@ -96,8 +103,6 @@ def read_sharded_metadata(path: Path) -> Any:
 
 def _byte_items(path: Path, metadata: Any) -> Iterator[tuple[str, bytes]]:
     """(key, raw bytes) of every non-tensor entry of a sharded checkpoint, with its file kept inside `path`."""
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
-
     root = path.resolve()
     for index, info in metadata.storage_data.items():
         if not isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
@@ -166,11 +171,6 @@ def read_sharded_checkpoint(path: Path) -> dict:
     """Consolidate an FSDP sharded checkpoint directory into the usual checkpoint dict, in memory, without
     unpickling anything: torch.distributed.checkpoint's reader with the restricted index reader above, and
     non-tensor entries (tensors are always) read with `torch.load(weights_only=True)`."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint._traverse import set_element
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
             metadata = read_sharded_metadata(path)
@@ -197,8 +197,6 @@ def read_sharded_checkpoint(path: Path) -> dict:
 def _format_sharded(checkpoint: dict) -> dict:
     """Lightning's layout of a consolidated sharded checkpoint: "model" -> "state_dict", "optimizer_N" ->
     "optimizer_states" (what `lightning.pytorch.utilities.consolidate_checkpoint` does)."""
-    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
-
     return _format_checkpoint(checkpoint)
 
 
@@ -338,8 +336,6 @@ def load_backbone(source: str | Path, prefix: str = "model.") -> LoadedModel:
     """
     source = Path(source)
     if source.is_dir() and not is_sharded_checkpoint(source):
-        from lit_llm.hf import load_hf
-
         model, tokenizer = load_hf(source)
         if tokenizer is None:
             raise ValueError(f"{source} has no tokenizer.json; a model never travels without its tokenizer")

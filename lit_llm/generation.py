@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lit_llm.model import KVCache, Transformer
+from lit_llm.attention import KVCache
+from lit_llm.model import Transformer
 
 
 @dataclass

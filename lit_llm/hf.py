@@ -16,15 +16,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from lit_llm.model import ModelConfig, Transformer
-
-if TYPE_CHECKING:  # the tokenizer module is optional at import time
-    from lit_llm.tokenizer import Tokenizer
+from lit_llm.tokenizer import Tokenizer
 
 _LAYER_NAMES = {  # ours (inside blocks.{i}.) -> HF (inside model.layers.{i}.)
     "attn_norm.weight": "input_layernorm.weight",
@@ -269,8 +267,6 @@ def load_hf(directory: str | Path) -> tuple[Transformer, Tokenizer | None]:
     model.eval()
     tokenizer = None
     if (directory / "tokenizer.json").exists():
-        from lit_llm.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.from_file(directory / "tokenizer.json")
         _check_vocab(tokenizer, config, directory)
     return model, tokenizer

@@ -1,4 +1,5 @@
-"""Llama-style decoder-only Transformer backbone, KV cache and scalar (reward/value) head.
+"""Llama-style decoder-only Transformer backbone and scalar (reward/value) head. (Attention, masks and the KV
+cache: `lit_llm.attention`; rotary embeddings: `lit_llm.rope`.)
 
 Architecture (pre-norm): token embedding -> N x [RMSNorm -> causal multi-head attention with RoPE on Q/K and
 grouped-query KV heads -> residual -> RMSNorm -> SwiGLU MLP -> residual] -> final RMSNorm -> LM head (tied to the
@@ -7,14 +8,8 @@ Llama so weights map 1:1 (see lit_llm.hf).
 
 Deliberate simplifications:
 - No biases anywhere (Llama); no partial rotary, no sliding window, no llama3/yarn RoPE scaling.
-- Dynamic-NTK RoPE is stateless: the base is recomputed from the largest position in the *current* call (as HF
-  does for a single forward). HF additionally remembers the largest length seen so far across calls; this only
-  differs when a short call follows a longer one with both above max_seq_len.
 - Sequences longer than ``max_seq_len`` are not rejected (RoPE has no learned positions); ``max_seq_len`` only
   drives dynamic-NTK scaling and the default ``flops_per_token`` length.
-- Attention masks are materialised as a boolean (B, 1, T, S) tensor whenever padding, packed documents or a KV
-  cache are involved; the ``is_causal`` SDPA fast path is used otherwise.
-- Packed documents (``doc_ids``) are not supported together with a KV cache.
 """
 
 from __future__ import annotations
@@ -28,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-_ROPE_TYPES = ("linear", "dynamic")
+from lit_llm.attention import Attention, KVCache, build_attention_mask, default_position_ids
+from lit_llm.rope import RotaryEmbedding, normalise_rope_scaling
 
 
 @dataclass
@@ -82,7 +78,7 @@ class ModelConfig:
             raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
+        self.rope_scaling = normalise_rope_scaling(self.rope_scaling)
 
     @property
     def head_dim(self) -> int:
@@ -112,24 +108,6 @@ class ModelConfig:
         return cls(**d)
 
 
-def _normalise_rope_scaling(scaling: dict | None) -> dict | None:
-    """Validate a rope_scaling dict and return it as {"type": str, "factor": float} (or None)."""
-    if scaling is None:
-        return None
-    if not isinstance(scaling, dict):
-        raise ValueError(f"rope_scaling must be a dict or None, got {type(scaling).__name__}")
-    unknown = sorted(set(scaling) - {"type", "rope_type", "factor"})
-    if unknown:
-        raise ValueError(f"rope_scaling has unsupported keys {unknown}; expected 'type' and 'factor'")
-    kind = scaling.get("type", scaling.get("rope_type"))
-    if kind not in _ROPE_TYPES:
-        raise ValueError(f"rope_scaling type must be one of {_ROPE_TYPES}, got {kind!r}")
-    factor = scaling.get("factor")
-    if not isinstance(factor, (int, float)) or factor <= 0:
-        raise ValueError(f"rope_scaling factor must be a positive number, got {factor!r}")
-    return {"type": kind, "factor": float(factor)}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,139 +126,6 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
-
-
-class RotaryEmbedding(nn.Module):
-    """RoPE cos/sin tables computed on the fly from position ids (HF Llama semantics incl. linear/dynamic scaling)."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.dim = config.head_dim
-        self.base = config.rope_base
-        self.max_seq_len = config.max_seq_len
-        scaling = config.rope_scaling or {}
-        self.scaling_type = scaling.get("type")
-        self.factor = scaling.get("factor", 1.0)
-        inv_freq = self._inv_freq(self.base)
-        if self.scaling_type == "linear":
-            inv_freq = inv_freq / self.factor  # == dividing positions by factor
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def _inv_freq(self, base: float | Tensor) -> Tensor:
-        """(dim/2,) float32 inverse frequencies base^(-2i/dim)."""
-        exponents = torch.arange(0, self.dim, 2, dtype=torch.int64).float() / self.dim
-        return 1.0 / (base**exponents)
-
-    def _dynamic_inv_freq(self, position_ids: Tensor) -> Tensor:
-        """Dynamic NTK: grow the base once the (batch-wide) sequence length exceeds max_seq_len."""
-        seq_len = int(position_ids.max()) + 1
-        if seq_len <= self.max_seq_len:
-            return self.inv_freq
-        ratio = self.factor * seq_len / self.max_seq_len - (self.factor - 1)
-        base = self.base * ratio ** (self.dim / (self.dim - 2))
-        return self._inv_freq(base).to(self.inv_freq.device)
-
-    def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """position_ids: (B, T) -> cos, sin: (B, 1, T, head_dim) float32 (broadcast over heads)."""
-        inv_freq = self._dynamic_inv_freq(position_ids) if self.scaling_type == "dynamic" else self.inv_freq
-        freqs = position_ids[..., None].float() * inv_freq  # (B, T, dim/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # rotate_half layout: first half pairs with second half
-        return emb.cos()[:, None], emb.sin()[:, None]
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x: (B, H, T, head_dim) by the angles in cos/sin: (B, 1, T, head_dim); returns x's dtype."""
-    x32 = x.float()
-    return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
-
-
-class KVCache:
-    """Preallocated key/value buffers for incremental decoding.
-
-    Each layer i owns ``k[i]``/``v[i]`` of shape (B, n_kv_head, max_len, head_dim). ``length`` counts the positions
-    already filled; the Transformer writes a call's T new positions at [length, length + T) in every layer and then
-    advances ``length`` by T.
-
-    Args:
-        config: Model config (layers, kv heads, head dim).
-        batch_size: Number of rows B.
-        max_len: Capacity in positions (prompt + generated tokens).
-        device: Device of the buffers.
-        dtype: Dtype of the buffers (the model's parameter dtype).
-    """
-
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype) -> None:
-        shape = (batch_size, config.kv_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.max_len = max_len
-        self.length = 0
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v: (B, n_kv_head, T, head_dim) after the filled part; return all keys/values (.., length+T, ..)."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KVCache overflow: {end} positions needed, capacity {self.max_len}")
-        self.k[layer][:, :, self.length : end] = k
-        self.v[layer][:, :, self.length : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, n: int) -> None:
-        """Mark n more positions as filled (called once per forward, after all layers)."""
-        self.length += n
-
-    def reset(self) -> None:
-        self.length = 0
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with RoPE and grouped-query KV heads, through F.scaled_dot_product_attention."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        self.dropout = config.dropout
-        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
-
-    def _heads(self, x: Tensor, n: int) -> Tensor:
-        """(B, T, n * head_dim) -> (B, n, T, head_dim)."""
-        B, T, _ = x.shape
-        return x.view(B, T, n, self.head_dim).transpose(1, 2)
-
-    def forward(
-        self,
-        x: Tensor,
-        rope: tuple[Tensor, Tensor],
-        mask: Tensor | None,
-        is_causal: bool,
-        layer: int = 0,
-        kv_cache: KVCache | None = None,
-    ) -> Tensor:
-        """x: (B, T, d_model); mask: (B, 1, T, S) bool (True = may attend) or None -> (B, T, d_model)."""
-        B, T, _ = x.shape
-        q = apply_rope(self._heads(self.wq(x), self.n_head), *rope)
-        k = apply_rope(self._heads(self.wk(x), self.n_kv_head), *rope)
-        v = self._heads(self.wv(x), self.n_kv_head)
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, S, head_dim)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
-        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
 class SwiGLU(nn.Module):
@@ -320,55 +165,6 @@ class Block(nn.Module):
         """x: (B, T, d_model) -> (B, T, d_model)."""
         x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, is_causal, layer, kv_cache))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Masks and positions
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _doc_positions(doc_ids: Tensor) -> Tensor:
-    """Positions restarting at 0 whenever the doc id changes. doc_ids: (B, T) -> (B, T) long."""
-    B, T = doc_ids.shape
-    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    # index of the most recent document start at or before each position
-    last_start = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
-    return idx - last_start
-
-
-def default_position_ids(
-    B: int, T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, device: torch.device
-) -> Tensor:
-    """Position ids (B, T) for the T new tokens: per-doc restart, else mask cumsum - 1 (clamped at 0), else arange."""
-    if doc_ids is not None:
-        return _doc_positions(doc_ids)
-    if attention_mask is not None:
-        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): pads do not advance positions
-        return pos[:, -T:]
-    return torch.arange(past, past + T, device=device).expand(B, T)
-
-
-def build_attention_mask(
-    T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, causal: bool, device: torch.device
-) -> Tensor:
-    """Boolean (B or 1, 1, T, S) mask, True where query t may attend key s; S = past + T.
-
-    Key padding, causality (query t sits at absolute position past + t) and document boundaries are combined;
-    then the diagonal is forced on so pad queries (whose own key is masked) never get an all-False row (NaN).
-    """
-    S = past + T
-    q_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1)
-    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
-    allowed = (k_pos <= q_pos) if causal else torch.ones(T, S, dtype=torch.bool, device=device)
-    allowed = allowed[None]  # (1, T, S)
-    if attention_mask is not None:
-        allowed = allowed & attention_mask.bool()[:, None, :]  # (B, T, S)
-    if doc_ids is not None:
-        allowed = allowed & (doc_ids[:, :, None] == doc_ids[:, None, :])
-    allowed = allowed | (k_pos == q_pos)[None]
-    return allowed[:, None]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,18 +18,18 @@ Vocabularies:
       back to ``eos_id`` (padded positions are masked, so any real id works). A token that the config names
       but the vocabulary lacks is an error, not a fallback.
 
-Default chat template (used by every stage unless a checkpoint ships its own)::
+Chats (`lit_llm.chat`): the default template (used unless a checkpoint ships its own)::
 
     <|begin_of_text|><|system|>\\n{system}<|end|>\\n<|user|>\\n{user}<|end|>\\n<|assistant|>\\n{answer}<|end|>\\n
 
 i.e. ``bos`` then, per message, ``<|{role}|>\\n{content}<|end|>\\n``; the generation prompt is
-``<|assistant|>\\n``. ``DEFAULT_CHAT_TEMPLATE`` is the same template as a Jinja string; ``save`` writes it to
-``tokenizer_config.json`` so ``transformers``' ``apply_chat_template`` renders the same text. The assistant mask
-is True on the assistant's content tokens and its closing ``<|end|>``; False on ``bos``, role headers, the
-newline separators and the other turns. A checkpoint's own Jinja ``chat_template`` wins when present; a tokenizer
-with neither its own template nor the default template's markers as tokens cannot render chats (``check_chat``
-raises, naming the missing tokens). ``difference`` names how two tokenizers disagree (a special token or id, the
-vocabulary, the template), for the checks that a model is never paired with another tokenizer.
+``<|assistant|>\\n``. ``save`` writes it to ``tokenizer_config.json`` as Jinja (``DEFAULT_CHAT_TEMPLATE``) so
+``transformers``' ``apply_chat_template`` renders the same text. The assistant mask is True on the assistant's
+content tokens and its closing ``<|end|>``; False on ``bos``, role headers, the newline separators and the other
+turns. A checkpoint's own Jinja ``chat_template`` wins when present; a tokenizer with neither its own template nor
+the default template's markers renders the plain-text fallback (``pick_chat_template``). ``difference`` names how
+two tokenizers disagree (a special token or id, the vocabulary, the template), for the checks that a model is
+never paired with another tokenizer.
 
 Deliberate simplifications:
     * Special tokens are split out of text, as Hugging Face ``tokenizers`` (and ``transformers``) do: plain
@@ -40,10 +40,6 @@ Deliberate simplifications:
       separately) so the mask is exact. This equals encoding the whole rendered string except when a message's
       content starts with whitespace: the pre-tokenizer may then merge the header's ``\\n`` with that whitespace
       in the whole-string encoding. Both encodings decode to the same text.
-    * Custom (Jinja) templates find the assistant's characters by rendering growing prefixes of the
-      conversation (prefix + generation prompt .. prefix + assistant message, trailing whitespace excluded) and
-      map them to tokens through the encoding's offsets; a token belongs to the span its first character is
-      in. Templates whose rendering of a prefix is not a prefix of the full rendering are rejected.
     * Decoding is lossless for the byte-level tokenizers; for sentencepiece-style tokenizers it is as lossless
       as their decoder (e.g. a literal ``▁`` decodes to a space).
 """
@@ -52,189 +48,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence, Sized
-from datetime import datetime
-from functools import lru_cache
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.ext
 import tokenizers
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import models, pre_tokenizers, processors, trainers
 
-SPECIAL_TOKENS = {
-    "bos": "<|begin_of_text|>",
-    "eos": "<|end_of_text|>",
-    "pad": "<|pad|>",
-    "system": "<|system|>",
-    "user": "<|user|>",
-    "assistant": "<|assistant|>",
-    "end_of_turn": "<|end|>",
-    "mask": "<|mask|>",
-}
-
-DEFAULT_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+from lit_llm import chat
+from lit_llm.chat import DEFAULT_CHAT_TEMPLATE, PLAIN_CHAT_TEMPLATE, SPECIAL_TOKENS
+from lit_llm.tokenizer_backend import (
+    CONFIG_KEYS, ID_ROLES, byte_level_backend, byte_symbols, encoding_pipeline, resolve_special_tokens,
+    special_added_tokens, token_content,
 )
 
-# For a base model whose tokenizer has neither a chat template nor our chat tokens (a sentencepiece Llama-2, say):
-# Alpaca's plain-text turns, each answer closed by the tokenizer's own eos (the token generation stops at).
-PLAIN_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-    "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
-    "{% else %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
-)
-CHAT_TEMPLATE_CHOICES = ("auto", "own", "default", "plain")
 
-CHAT_ROLES = ("system", "user", "assistant")
-
-# Roles whose ids the class exposes; the state dict stores their token strings under f"{role}_token".
-_ID_ROLES = ("bos", "eos", "pad", "end_of_turn", "mask")
-_CONFIG_KEYS = {"bos": "bos_token", "eos": "eos_token", "pad": "pad_token", "mask": "mask_token"}
-_COMMON_NAMES = {
-    "bos": ("<s>", "<|startoftext|>", "<bos>", "[CLS]"),
-    "eos": ("</s>", "<|endoftext|>", "<eos>", "[SEP]"),
-    "pad": ("<pad>", "[PAD]", "<|padding|>", "<|finetune_right_pad_id|>"),
-    "end_of_turn": ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|eot|>"),
-    "mask": ("<mask>", "[MASK]"),
-}
-
-
-# ----------------------------------------------------------------------------------------------- backends
-def _byte_symbols() -> list[str]:
-    """The byte-level alphabet in byte order: ``symbols[b]`` stands for byte ``b``.
-
-    Printable Latin-1 bytes stand for themselves; the others (controls, space, soft hyphen) are moved to
-    code points 256, 257, ... so every symbol is a visible character. This is the mapping ``ByteLevel``
-    uses (checked in the tests against ``ByteLevel.alphabet()``).
-    """
-    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
-    symbols, shifted = [], 0
-    for byte in range(256):
-        if byte in printable:
-            symbols.append(chr(byte))
-        else:
-            symbols.append(chr(256 + shifted))
-            shifted += 1
-    return symbols
-
-
-def _byte_level_backend(model: models.Model) -> tokenizers.Tokenizer:
-    """Wrap a BPE model with the lossless byte-level pipeline (no normalizer, no prefix space).
-
-    Args:
-        model: the BPE model (empty for training, or with an explicit vocabulary).
-    """
-    backend = tokenizers.Tokenizer(model)
-    # add_prefix_space=False: a prefix space would be added on encode and kept on decode, changing the text.
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    return backend
-
-
-def _special_added_tokens() -> list[AddedToken]:
-    """``SPECIAL_TOKENS`` as special, un-normalized added tokens (in ``SPECIAL_TOKENS`` order)."""
-    return [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS.values()]
-
-
-# ----------------------------------------------------------------------------------- checkpoint metadata
-def _token_content(value: Any) -> str | None:
-    """A special-token entry of ``tokenizer_config.json``: a string, an AddedToken dict, or null."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _read_chat_template(directory: Path, config: dict) -> str | None:
-    """The checkpoint's chat template: ``chat_template.jinja`` (newer transformers) or the config entry.
-
-    Args:
-        directory: folder holding the tokenizer files.
-        config: parsed ``tokenizer_config.json`` (empty when absent).
-    """
-    jinja_file = directory / "chat_template.jinja"
-    if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
-    template = config.get("chat_template")
-    if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
-        named = {entry.get("name"): entry.get("template") for entry in template}
-        template = named.get("default", next(iter(named.values()), None))
-    return template if isinstance(template, str) else None
-
-
-def _resolve_special_tokens(backend: tokenizers.Tokenizer, config: dict) -> dict[str, str | None]:
-    """Find each role's special token by name: config entry, then our name, then common names.
-
-    Args:
-        backend: the loaded tokenizer; a candidate counts only when it is in its vocabulary.
-        config: parsed ``tokenizer_config.json`` (empty when absent).
-    """
-    resolved = {}
-    for role in _ID_ROLES:
-        candidates = [_token_content(config.get(_CONFIG_KEYS.get(role, "")))]
-        candidates += [SPECIAL_TOKENS[role], *_COMMON_NAMES[role]]
-        present = [token for token in candidates if token and backend.token_to_id(token) is not None]
-        resolved[role] = present[0] if present else None
-    return resolved
-
-
-# --------------------------------------------------------------------------------------------- templates
-def _raise_template_error(message: str) -> None:
-    """``raise_exception`` for Jinja chat templates (HF templates call it on invalid conversations)."""
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(value: Any, indent: int | None = None) -> str:
-    """``tojson`` filter without HTML escaping, as HF uses it in chat templates."""
-    return json.dumps(value, ensure_ascii=False, indent=indent)
-
-
-@lru_cache(maxsize=16)
-def _compile_template(source: str) -> jinja2.Template:
-    """Compile a chat template in a sandbox configured like ``transformers`` (trim/lstrip blocks).
-
-    Args:
-        source: the Jinja template string.
-    """
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_template_error
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(source)
-
-
-def _check_messages(messages: list[dict], roles: Sequence[str] | None) -> None:
-    """Validate a conversation: dicts with a string ``content`` and, when ``roles`` is given, a known role.
-
-    Args:
-        messages: the conversation.
-        roles: allowed roles, or None to accept any role (custom templates may know more).
-    """
-    for message in messages:
-        if not isinstance(message.get("content"), str):
-            raise ValueError(f"message content must be a string: {message!r}")
-        if roles is not None and message.get("role") not in roles:
-            raise ValueError(f"unknown role {message.get('role')!r}; the default template knows {roles}")
-
-
-def _pipeline(backend: tokenizers.Tokenizer) -> dict:
-    """What decides a tokenizer's ids in `encode`: its JSON without the post-processor, which `encode` never runs."""
-    state = json.loads(backend.to_str())
-    state.pop("post_processor", None)
-    return state
-
-
-# ------------------------------------------------------------------------------------------------- class
 class Tokenizer:
     """Thin wrapper over a ``tokenizers.Tokenizer`` with special-token ids and chat rendering.
 
@@ -254,8 +82,8 @@ class Tokenizer:
     ) -> None:
         self.backend = backend
         if special_tokens is None:
-            special_tokens = _resolve_special_tokens(backend, {})
-        self._special = {role: special_tokens.get(role) for role in _ID_ROLES}
+            special_tokens = resolve_special_tokens(backend, {})
+        self._special = {role: special_tokens.get(role) for role in ID_ROLES}
         for role, token in self._special.items():
             if token is not None and backend.token_to_id(token) is None:
                 raise ValueError(f"{role} token {token!r} is not in the vocabulary")
@@ -282,12 +110,12 @@ class Tokenizer:
         minimum = 256 + len(SPECIAL_TOKENS)
         if vocab_size < minimum:
             raise ValueError(f"vocab_size must be >= {minimum} (bytes + specials); use Tokenizer.byte_level()")
-        backend = _byte_level_backend(models.BPE())
+        backend = byte_level_backend(models.BPE())
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
             show_progress=show_progress,
-            special_tokens=_special_added_tokens(),
+            special_tokens=special_added_tokens(),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte representable
         )
         length = len(texts) if isinstance(texts, Sized) else None
@@ -297,9 +125,9 @@ class Tokenizer:
     @classmethod
     def byte_level(cls) -> Tokenizer:
         """The character-level tokenizer: 256 byte tokens (id = byte value), the special tokens, no merges."""
-        vocab = {symbol: byte for byte, symbol in enumerate(_byte_symbols())}
-        backend = _byte_level_backend(models.BPE(vocab=vocab, merges=[]))
-        backend.add_special_tokens(_special_added_tokens())  # ids 256.. in SPECIAL_TOKENS order
+        vocab = {symbol: byte for byte, symbol in enumerate(byte_symbols())}
+        backend = byte_level_backend(models.BPE(vocab=vocab, merges=[]))
+        backend.add_special_tokens(special_added_tokens())  # ids 256.. in SPECIAL_TOKENS order
         return cls(backend)
 
     @classmethod
@@ -315,11 +143,11 @@ class Tokenizer:
         backend = tokenizers.Tokenizer.from_file(str(file))
         config_file = file.parent / "tokenizer_config.json"
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-        for key in _CONFIG_KEYS.values():  # silently resolving another token would change what eos etc. mean
-            token = _token_content(config.get(key))
+        for key in CONFIG_KEYS.values():  # silently resolving another token would change what eos etc. mean
+            token = token_content(config.get(key))
             if token is not None and backend.token_to_id(token) is None:
                 raise ValueError(f"{config_file}: {key} {token!r} is not a token of {file}")
-        return cls(backend, _resolve_special_tokens(backend, config), _read_chat_template(file.parent, config))
+        return cls(backend, resolve_special_tokens(backend, config), chat.read_chat_template(file.parent, config))
 
     @classmethod
     def from_json(cls, state: dict) -> Tokenizer:
@@ -329,7 +157,7 @@ class Tokenizer:
             state: ``{"tokenizer": <tokenizer.json string>, "chat_template": ..., "<role>_token": ...}``.
         """
         backend = tokenizers.Tokenizer.from_str(state["tokenizer"])
-        special = {role: state.get(f"{role}_token") for role in _ID_ROLES}
+        special = {role: state.get(f"{role}_token") for role in ID_ROLES}
         return cls(backend, special, state.get("chat_template"))
 
     # ------------------------------------------------------------------------------------ persistence
@@ -470,7 +298,8 @@ class Tokenizer:
     def render_chat(
         self, messages: list[dict], add_generation_prompt: bool = False
     ) -> tuple[list[int], list[bool]]:
-        """Render a conversation to ids and an assistant mask (see the module docstring for the template).
+        """Render a conversation to ids and an assistant mask (`lit_llm.chat`: the default template segment by
+        segment, any other Jinja template through `assistant_spans`).
 
         Args:
             messages: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
@@ -481,9 +310,8 @@ class Tokenizer:
             closing its turn, False on bos, role headers, separators and other turns.
         """
         if self.chat_template is None:
-            self.check_chat()
-            return self._render_default(messages, add_generation_prompt)
-        return self._render_jinja(messages, add_generation_prompt)
+            return chat.render_default(self, messages, add_generation_prompt)
+        return chat.render_jinja(self, messages, add_generation_prompt)
 
     def render_prompt(self, text: str, system_prompt: str | None = None) -> list[int]:
         """[system], user = `text`, then the assistant header: the tokens a model continues with its answer (PPO and
@@ -492,57 +320,9 @@ class Tokenizer:
         messages.append({"role": "user", "content": text})
         return self.render_chat(messages, add_generation_prompt=True)[0]
 
-    def check_chat(self) -> None:
-        """Raise unless chats can be rendered: the tokenizer has its own template, or the default template's
-        role and end-of-turn markers as tokens. (Rendered as plain text instead, the markers would be several
-        ordinary tokens each, and generation would not stop at the end of a turn.)"""
-        markers = [SPECIAL_TOKENS[role] for role in (*CHAT_ROLES, "end_of_turn")]
-        missing = [m for m in markers if self.backend.token_to_id(m) is None]
-        if self.chat_template is None and missing:
-            raise ValueError(f"no chat template, and the default template's special tokens {', '.join(missing)} "
-                             "are not in the vocabulary; use a tokenizer that has them (Tokenizer.train and "
-                             "Tokenizer.byte_level add them) or one whose tokenizer_config.json has a chat_template")
-
     def pick_chat_template(self, choice: str | None = None) -> tuple[str | None, str]:
-        """The chat template a chat data module renders with, and how it was chosen (for the run's params).
-
-        Args:
-            choice: "auto" (None): the tokenizer's own template, else the default one when the tokenizer has its
-                tokens, else the plain-text one (`PLAIN_CHAT_TEMPLATE`, "### Instruction:" / "### Response:" + its
-                eos); "own", "default", "plain" for one of them; or a Jinja template, or the path of a file holding
-                one (e.g. a model's `chat_template.jinja`).
-
-        Returns:
-            (template for `Tokenizer.chat_template`, None meaning the default one; a one-line description).
-        """
-        choice = choice or "auto"
-        markers = [SPECIAL_TOKENS[role] for role in (*CHAT_ROLES, "end_of_turn")]
-        missing = [m for m in markers if self.backend.token_to_id(m) is None]
-        if choice == "auto":
-            if self.chat_template is not None:
-                return self.chat_template, "own (the tokenizer's chat_template)"
-            if not missing:
-                return None, "default (<|user|> ... <|end|> tokens)"
-            return PLAIN_CHAT_TEMPLATE, (f"plain (fallback: the tokenizer has no chat_template and no "
-                                         f"{', '.join(missing)} tokens; '### Instruction:' / '### Response:' + eos)")
-        if choice == "own":
-            if self.chat_template is None:
-                raise ValueError("chat_template='own': this tokenizer has no chat template of its own")
-            return self.chat_template, "own (the tokenizer's chat_template)"
-        if choice == "default":
-            if missing:
-                raise ValueError(f"chat_template='default' needs the tokens {', '.join(missing)}, which this "
-                                 f"tokenizer lacks; use 'plain' or a template of its own")
-            return None, "default (<|user|> ... <|end|> tokens)"
-        if choice == "plain":
-            return PLAIN_CHAT_TEMPLATE, "plain ('### Instruction:' / '### Response:' + eos)"
-        if "{{" in choice or "{%" in choice:
-            return choice, "given (a Jinja template)"
-        path = Path(choice)
-        if not path.is_file():
-            raise ValueError(f"chat_template={choice!r}: expected one of {CHAT_TEMPLATE_CHOICES}, a Jinja template "
-                             f"or the path of a file holding one (no such file)")
-        return path.read_text(encoding="utf-8"), f"from {path}"
+        """The chat template a chat data module renders with, and how it was chosen (`chat.pick_chat_template`)."""
+        return chat.pick_chat_template(self, choice)
 
     def difference(self, other: Tokenizer) -> str | None:
         """How `other` would give token ids another meaning, or None when both tokenize alike: the first
@@ -552,7 +332,7 @@ class Tokenizer:
         Args:
             other: The tokenizer to compare with (e.g. the one a checkpoint carries).
         """
-        for role in _ID_ROLES:
+        for role in ID_ROLES:
             mine, theirs = (self._special[role], self._id(role)), (other._special[role], other._id(role))
             if mine != theirs:
                 return f"{role} token {mine[0]!r} (id {mine[1]}) here, {theirs[0]!r} (id {theirs[1]}) there"
@@ -564,67 +344,9 @@ class Tokenizer:
                 return f"id {i} is {mine_token!r} here, {their_token!r} there"
         if self.chat_template != other.chat_template:
             return "the chat templates differ"
-        if _pipeline(self.backend) != _pipeline(other.backend):
+        if encoding_pipeline(self.backend) != encoding_pipeline(other.backend):
             return "same vocabulary, but the merges, normalizer or pre-tokenizer differ"
         return None
-
-    def _render_default(self, messages: list[dict], add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
-        """Default template, segment by segment so every token's mask value is exact."""
-        _check_messages(messages, CHAT_ROLES)
-        ids: list[int] = []
-        mask: list[bool] = []
-
-        def append(segment: list[int], is_assistant: bool) -> None:
-            ids.extend(segment)
-            mask.extend([is_assistant] * len(segment))
-
-        newline = self.encode("\n")
-        end_id = self.backend.token_to_id(SPECIAL_TOKENS["end_of_turn"])
-        if self.bos_id is not None:  # the Jinja form renders {{ bos_token }}, empty when there is none
-            append([self.bos_id], False)
-        for message in messages:
-            header = [self.backend.token_to_id(SPECIAL_TOKENS[message["role"]])] + newline
-            append(header, False)
-            append(self.encode(message["content"]) + [end_id], message["role"] == "assistant")
-            append(newline, False)
-        if add_generation_prompt:
-            append([self.backend.token_to_id(SPECIAL_TOKENS["assistant"])] + newline, False)
-        return ids, mask
-
-    def _render_text(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        """Render a conversation to text with the checkpoint's template (or the default one) via Jinja."""
-        template = _compile_template(self.chat_template or DEFAULT_CHAT_TEMPLATE)
-        tokens = {f"{role}_token": token for role, token in self._special.items() if token is not None}
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens)
-
-    def _render_jinja(self, messages: list[dict], add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
-        """Any Jinja template: encode the rendered text, mask tokens that start inside an assistant span."""
-        _check_messages(messages, None)
-        text = self._render_text(messages, add_generation_prompt)
-        spans = self._assistant_spans(messages, text)
-        encoding = self.backend.encode(text, add_special_tokens=False)
-        mask = [any(start <= first < end for start, end in spans) for first, _ in encoding.offsets]
-        return encoding.ids, mask
-
-    def _assistant_spans(self, messages: list[dict], text: str) -> list[tuple[int, int]]:
-        """Character spans of ``text`` that the assistant messages add (header excluded, trailing space too).
-
-        Args:
-            messages: the conversation.
-            text: the full rendering, whose prefixes the partial renderings must be.
-        """
-        spans = []
-        for i, message in enumerate(messages):
-            if message.get("role") != "assistant":
-                continue
-            after = self._render_text(messages[: i + 1], add_generation_prompt=False)
-            before = self._render_text(messages[:i], add_generation_prompt=True)
-            if not after.startswith(before):  # template ignores/changes the generation prompt
-                before = self._render_text(messages[:i], add_generation_prompt=False)
-            if not (text.startswith(after) and after.startswith(before)):
-                raise ValueError("chat template renders prefixes inconsistently; cannot locate assistant tokens")
-            spans.append((len(before), max(len(before), len(after.rstrip()))))
-        return spans
 
     def __repr__(self) -> str:
         template = "default" if self.chat_template is None else "custom"

@@ -24,7 +24,8 @@ from lit_llm.data.sources import FieldError, RecordError
 from lit_llm.data.text import TextDataModule
 from lit_llm.hf import export_hf, load_hf
 from lit_llm.model import ModelConfig, Transformer
-from lit_llm.tokenizer import Tokenizer, _byte_level_backend, _byte_symbols
+from lit_llm.tokenizer import Tokenizer
+from lit_llm.tokenizer_backend import byte_level_backend, byte_symbols
 from tests.conftest import REPO
 
 datasets.disable_progress_bars()
@@ -238,7 +239,7 @@ def test_misspelt_data_key_in_a_yaml_file_names_the_nearest(tmp_path: Path, caps
     ("sources: [{path: tasks}]\ncleaning: {quality: {min_wrods: 3}}\n",
      "unknown key 'quality.min_wrods'; did you mean 'quality.min_words'?"),
     ("sources: [{path: tasks, text_feild: body}]\n",
-     "unknown key 'text_feild' of lit_llm.data.prepare.SourceConfig; did you mean 'text_field'?"),
+     "unknown key 'text_feild' of lit_llm.data.prepare_config.SourceConfig; did you mean 'text_field'?"),
 ], ids=["nested", "in-a-source"])
 def test_misspelt_prepare_key_names_the_nearest(yaml_text: str, hint: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
@@ -251,7 +252,7 @@ def test_misspelt_prepare_key_names_the_nearest(yaml_text: str, hint: str, tmp_p
 # ------------------------------------------------------------------------------------- 8. tokenizer mismatches
 def plain_tokenizer() -> Tokenizer:
     """Bytes plus <s> and </s>, no chat tokens and no chat template: what a foreign Hugging Face directory brings."""
-    backend = _byte_level_backend(models.BPE(vocab={s: b for b, s in enumerate(_byte_symbols())}, merges=[]))
+    backend = byte_level_backend(models.BPE(vocab={s: b for b, s in enumerate(byte_symbols())}, merges=[]))
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<s>", "</s>")])
     return Tokenizer(backend)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 
-from lit_llm.bench import PRESETS, random_batches
+from lit_llm.bench.sections import random_batches
+from lit_llm.bench.settings import PRESETS
 from lit_llm.callbacks import Throughput
 from lit_llm.cli import LitLLMCLI
 from lit_llm.commands import main

@@ -6,16 +6,9 @@ import math
 import pytest
 import torch
 
-from lit_llm.model import (
-    KVCache,
-    ModelConfig,
-    RotaryEmbedding,
-    ScalarHead,
-    Transformer,
-    _doc_positions,
-    apply_rope,
-    last_token_index,
-)
+from lit_llm.attention import KVCache, _doc_positions
+from lit_llm.model import ModelConfig, ScalarHead, Transformer, last_token_index
+from lit_llm.rope import RotaryEmbedding, apply_rope
 
 ATOL = 1e-5
 

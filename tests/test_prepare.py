@@ -14,11 +14,11 @@ from mlflow.tracking import MlflowClient
 from lit_llm.commands import main
 from lit_llm.data import prepare as prep
 from lit_llm.data.cleaning import (
-    STEPS, CleaningConfig, LanguageConfig, NearDedupConfig, NormalizeConfig, QualityConfig, _identifier,
-    blocklist_batch, clean_corpus, compile_blocklist, detect_language, dup_ngram_ratio, exact_key,
-    first_occurrences, junk_char_ratio, language_ok, minhash_signature, near_duplicates, normalize_text,
-    quality_reason, top_ngram_ratio,
+    STEPS, CleaningConfig, LanguageConfig, NormalizeConfig, QualityConfig, blocklist_batch, clean_corpus,
+    compile_blocklist, detect_language, dup_ngram_ratio, junk_char_ratio, language_identifier, language_ok,
+    normalize_text, quality_reason, top_ngram_ratio,
 )
+from lit_llm.data.dedup import NearDedupConfig, exact_key, first_occurrences, minhash_signature, near_duplicates
 from lit_llm.data.mixing import plan_totals, sample_documents
 from lit_llm.data.prepare import PrepareConfig, prepare
 from lit_llm.world import pretrain_corpus
@@ -66,7 +66,7 @@ def test_language_filter_with_langid():
     assert detect_language(french)[0] == "fr" and not language_ok(*detect_language(french), cfg)
     assert not language_ok("en", 0.4, cfg)
     # the sparse naive-Bayes product must agree with langid's own (normalised) classification
-    assert detect_language(french) == pytest.approx(_identifier().classify(french))
+    assert detect_language(french) == pytest.approx(language_identifier().classify(french))
 
 
 def test_blocklist_words_phrases_and_regex():

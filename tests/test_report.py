@@ -10,7 +10,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from lit_llm.commands import main
-from lit_llm.report import compare, default_tolerance, fmt, load_runs, write_report
+from lit_llm.report import fmt, write_report
+from lit_llm.report.expected import compare, default_tolerance
+from lit_llm.report.runs import load_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,10 @@ import tokenizers
 import torch
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 
-from lit_llm.tokenizer import DEFAULT_CHAT_TEMPLATE, SPECIAL_TOKENS, Tokenizer, _byte_symbols
+from lit_llm import chat
+from lit_llm.chat import DEFAULT_CHAT_TEMPLATE, SPECIAL_TOKENS
+from lit_llm.tokenizer import Tokenizer
+from lit_llm.tokenizer_backend import byte_symbols
 
 FIXED_TEXTS = [
     "",
@@ -105,7 +108,7 @@ def test_random_unicode_round_trip(which, request):
 
 def test_byte_level_vocab(byte_tok):
     assert byte_tok.vocab_size == 256 + len(SPECIAL_TOKENS)
-    assert set(_byte_symbols()) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert set(byte_symbols()) == set(pre_tokenizers.ByteLevel.alphabet())
     text = "aé今😀"
     assert byte_tok.encode(text) == list(text.encode("utf-8"))  # id == byte value
     assert [byte_tok.bos_id, byte_tok.eos_id, byte_tok.pad_id] == [256, 257, 258]
@@ -173,7 +176,7 @@ def test_chat_generation_prompt(trained):
 def test_jinja_path_matches_default_segments(trained):
     # Rendering the default template through Jinja + offsets must give the same ids and the same mask.
     for add_prompt in (False, True):
-        assert trained._render_jinja(CONVERSATION, add_prompt) == trained.render_chat(CONVERSATION, add_prompt)
+        assert chat.render_jinja(trained, CONVERSATION, add_prompt) == trained.render_chat(CONVERSATION, add_prompt)
 
 
 def test_chat_content_with_leading_whitespace():

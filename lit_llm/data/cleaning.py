@@ -3,7 +3,7 @@
 Each step has a config dataclass (the fields are `lit-llm prepare` config keys) and works on plain strings, so
 it can be tested on hand-made documents. The per-document steps also come as batch functions for
 `datasets.Dataset.map` (`*_batch`: a dict of columns in, a dict of new columns out), which `clean_corpus` runs
-over a `datasets.Dataset` of all sources, possibly in several processes. Deduplication needs global state and
+over a `datasets.Dataset` of all sources, possibly in several processes. Deduplication (`dedup.py`) needs global state and
 is split in two: a parallel per-document part (`exact_keys_batch`, `minhash_batch`) and a sequential pass that
 keeps the first occurrence (`first_occurrences`, `near_duplicates`).
 
@@ -20,7 +20,6 @@ Deliberate simplifications:
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 import unicodedata
@@ -32,6 +31,11 @@ from typing import Iterable, Literal
 
 import datasets
 import numpy as np
+from langid import langid
+
+from lit_llm.data.dedup import (
+    ExactDedupConfig, NearDedupConfig, exact_keys_batch, first_occurrences, minhash_batch, near_duplicates,
+)
 
 ALLOWED_PUNCTUATION = frozenset(".,;:!?'\"()-")  # sentence punctuation; every other non-alphanumeric is junk
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u2060\ufeff]")  # control and zero-width
@@ -179,11 +183,9 @@ class LanguageConfig:
 
 
 @lru_cache(maxsize=1)
-def _identifier():
+def language_identifier():
     """langid's classifier, loaded once per process (unpacking the model takes seconds)."""
-    from langid.langid import LanguageIdentifier, model
-
-    return LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    return langid.LanguageIdentifier.from_modelstring(langid.model, norm_probs=True)
 
 
 def detect_language(text: str, max_chars: int = 2000) -> tuple[str, float]:
@@ -192,7 +194,7 @@ def detect_language(text: str, max_chars: int = 2000) -> tuple[str, float]:
     Same answer as `langid.classify` with normalised probabilities, but the naive-Bayes product runs over the
     non-zero features only: langid's dense uint32-by-float64 product is ~50x slower.
     """
-    ident = _identifier()
+    ident = language_identifier()
     fv = ident.instance2fv(text[:max_chars])
     nz = np.flatnonzero(fv)
     logp = fv[nz].astype(np.float64) @ ident.nb_ptc[nz] + ident.nb_pc  # (n_languages,)
@@ -245,117 +247,6 @@ def read_blocklist(path: str | Path) -> re.Pattern | None:
 def blocklist_batch(batch: dict, pattern: re.Pattern | None) -> dict:
     counts = [sum(1 for _ in pattern.finditer(t)) if pattern else 0 for t in batch["text"]]
     return {"block_hits": counts}
-
-
-# -------------------------------------------------------------------------------------------------- exact dedup
-@dataclass
-class ExactDedupConfig:
-    """Exact deduplication on normalised text (case-folded, whitespace runs collapsed); the first copy is kept.
-
-    Args:
-        enabled: Run this step.
-    """
-
-    enabled: bool = True
-
-
-def exact_key(text: str) -> str:
-    """Hash of the case-folded text with all whitespace runs as one space."""
-    return hashlib.blake2b(" ".join(text.casefold().split()).encode("utf-8"), digest_size=16).hexdigest()
-
-
-def exact_keys_batch(batch: dict) -> dict:
-    return {"key": [exact_key(t) for t in batch["text"]]}
-
-
-def first_occurrences(keys: Iterable[str]) -> np.ndarray:
-    """Boolean mask: True where a key has not been seen before."""
-    seen: set[str] = set()
-    keep = []
-    for key in keys:
-        keep.append(key not in seen)
-        seen.add(key)
-    return np.array(keep, dtype=bool)
-
-
-# --------------------------------------------------------------------------------------------------- near dedup
-@dataclass
-class NearDedupConfig:
-    """Near-duplicate removal with MinHash LSH (datasketch) over word or character shingles.
-
-    Args:
-        enabled: Run this step.
-        threshold: Jaccard similarity of the shingle sets from which a later document counts as a near-duplicate
-            of an earlier one (also the LSH threshold).
-        shingle: "word" n-grams of lower-cased words, or "char" n-grams of the lower-cased text.
-        ngram: Shingle size n.
-        num_perm: MinHash permutations (more: a sharper similarity estimate, slower).
-        seed: MinHash seed.
-    """
-
-    enabled: bool = True
-    threshold: float = 0.7
-    shingle: Literal["word", "char"] = "word"
-    ngram: int = 5
-    num_perm: int = 128
-    seed: int = 1
-
-
-def shingle_set(text: str, shingle: str = "word", n: int = 5) -> set[bytes]:
-    """Word or character n-gram shingles of the lower-cased text (a text shorter than n is one shingle)."""
-    text = text.lower()
-    if shingle == "word":
-        words = text.split()
-        return {" ".join(words[i : i + n]).encode() for i in range(max(1, len(words) - n + 1))}
-    return {text[i : i + n].encode() for i in range(max(1, len(text) - n + 1))}
-
-
-@lru_cache(maxsize=4)
-def _permutations(num_perm: int, seed: int):
-    """MinHash permutation parameters; drawing them costs more than hashing a short document, so reuse them."""
-    from datasketch import MinHash
-
-    return MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-
-
-def minhash_signature(text: str, cfg: NearDedupConfig) -> np.ndarray:
-    """The (num_perm,) uint32 MinHash signature of a text's shingle set (datasketch, SHA-1 shingle hashes)."""
-    from datasketch import MinHash
-
-    m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, scheme="affine32",
-                permutations=_permutations(cfg.num_perm, cfg.seed))
-    m.update_batch(list(shingle_set(text, cfg.shingle, cfg.ngram)))
-    return m.hashvalues
-
-
-def minhash_batch(batch: dict, cfg: NearDedupConfig) -> dict:
-    return {"minhash": [minhash_signature(t, cfg) for t in batch["text"]]}
-
-
-def near_duplicates(signatures: Iterable[np.ndarray], cfg: NearDedupConfig, progress: bool = False) -> np.ndarray:
-    """Boolean mask: True for documents that near-duplicate an earlier kept document.
-
-    Args:
-        signatures: MinHash signatures in document order (from `minhash_signature`).
-        cfg: The near-dedup settings the signatures were made with.
-        progress: Show a progress bar.
-    """
-    from datasketch import LeanMinHash, MinHashLSH
-    from tqdm.auto import tqdm
-
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
-    kept: list[np.ndarray] = []
-    dup = []
-    for sig in tqdm(signatures, desc="near-dup LSH", disable=not progress):
-        sig = np.asarray(sig, dtype=np.uint32)
-        m = LeanMinHash(seed=cfg.seed, hashvalues=sig, scheme="affine32")
-        # the share of equal signature slots estimates the Jaccard similarity; it confirms LSH candidates
-        is_dup = any(np.mean(kept[j] == sig) >= cfg.threshold for j in lsh.query(m))
-        dup.append(is_dup)
-        if not is_dup:
-            lsh.insert(len(kept), m)
-            kept.append(sig)
-    return np.array(dup, dtype=bool)
 
 
 # ------------------------------------------------------------------------------------------------ the cleaning pass
@@ -437,7 +328,7 @@ def _step_verdict(step: str, sub: datasets.Dataset, cfg: CleaningConfig, num_pro
         drop = reason != ""
         return drop, Counter(reason[drop].tolist())
     if step == "language":
-        _identifier()  # load the model once here; forked workers inherit it
+        language_identifier()  # load the model once here; forked workers inherit it
         out = sub.map(language_batch, fn_kwargs={"cfg": cfg.language}, **kw)
         lang, conf = _column(out, "lang"), _column(out, "lang_conf")
         drop = ~(np.isin(lang, cfg.language.languages) & (conf >= cfg.language.min_confidence))  # = language_ok

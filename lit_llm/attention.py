@@ -1,0 +1,150 @@
+"""Attention: multi-head self-attention with grouped-query KV heads through `scaled_dot_product_attention`, the
+masks and positions for padded, packed and cached batches, and the KV cache of incremental decoding.
+
+Deliberate simplifications: attention masks are materialised as a boolean (B, 1, T, S) tensor whenever padding,
+packed documents or a KV cache are involved; the `is_causal` SDPA fast path is used otherwise. Packed documents
+(`doc_ids`) are not supported together with a KV cache.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_llm.rope import apply_rope
+
+if TYPE_CHECKING:  # model.py imports this module
+    from lit_llm.model import ModelConfig
+
+
+class KVCache:
+    """Preallocated key/value buffers for incremental decoding.
+
+    Each layer i owns ``k[i]``/``v[i]`` of shape (B, n_kv_head, max_len, head_dim). ``length`` counts the positions
+    already filled; the Transformer writes a call's T new positions at [length, length + T) in every layer and then
+    advances ``length`` by T.
+
+    Args:
+        config: Model config (layers, kv heads, head dim).
+        batch_size: Number of rows B.
+        max_len: Capacity in positions (prompt + generated tokens).
+        device: Device of the buffers.
+        dtype: Dtype of the buffers (the model's parameter dtype).
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype) -> None:
+        shape = (batch_size, config.kv_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v: (B, n_kv_head, T, head_dim) after the filled part; return all keys/values (.., length+T, ..)."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KVCache overflow: {end} positions needed, capacity {self.max_len}")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark n more positions as filled (called once per forward, after all layers)."""
+        self.length += n
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with RoPE and grouped-query KV heads, through F.scaled_dot_product_attention."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.dropout = config.dropout
+        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        """(B, T, n * head_dim) -> (B, n, T, head_dim)."""
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        is_causal: bool,
+        layer: int = 0,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """x: (B, T, d_model); mask: (B, 1, T, S) bool (True = may attend) or None -> (B, T, d_model)."""
+        B, T, _ = x.shape
+        q = apply_rope(self._heads(self.wq(x), self.n_head), *rope)
+        k = apply_rope(self._heads(self.wk(x), self.n_kv_head), *rope)
+        v = self._heads(self.wv(x), self.n_kv_head)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, S, head_dim)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+
+
+def _doc_positions(doc_ids: Tensor) -> Tensor:
+    """Positions restarting at 0 whenever the doc id changes. doc_ids: (B, T) -> (B, T) long."""
+    B, T = doc_ids.shape
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    # index of the most recent document start at or before each position
+    last_start = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx - last_start
+
+
+def default_position_ids(
+    B: int, T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, device: torch.device
+) -> Tensor:
+    """Position ids (B, T) for the T new tokens: per-doc restart, else mask cumsum - 1 (clamped at 0), else arange."""
+    if doc_ids is not None:
+        return _doc_positions(doc_ids)
+    if attention_mask is not None:
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): pads do not advance positions
+        return pos[:, -T:]
+    return torch.arange(past, past + T, device=device).expand(B, T)
+
+
+def build_attention_mask(
+    T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, causal: bool, device: torch.device
+) -> Tensor:
+    """Boolean (B or 1, 1, T, S) mask, True where query t may attend key s; S = past + T.
+
+    Key padding, causality (query t sits at absolute position past + t) and document boundaries are combined;
+    then the diagonal is forced on so pad queries (whose own key is masked) never get an all-False row (NaN).
+    """
+    S = past + T
+    q_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+    allowed = (k_pos <= q_pos) if causal else torch.ones(T, S, dtype=torch.bool, device=device)
+    allowed = allowed[None]  # (1, T, S)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, :]  # (B, T, S)
+    if doc_ids is not None:
+        allowed = allowed & (doc_ids[:, :, None] == doc_ids[:, None, :])
+    allowed = allowed | (k_pos == q_pos)[None]
+    return allowed[:, None]
