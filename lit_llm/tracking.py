@@ -104,6 +104,17 @@ def open_run(experiment_name: str, tags: dict[str, str], run_name: str | None = 
     client.set_terminated(run_id, "FINISHED")
 
 
+def existing_run(run_id: str, tracking_uri: str | None = None) -> tuple[Any, str] | None:
+    """(run, its experiment's name) when `run_id` is an active run of the store, else None (deleted, another store)."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    try:
+        run = client.get_run(run_id)
+        experiment = client.get_experiment(run.info.experiment_id)
+    except Exception:  # MLflow raises its own errors for unknown ids, and OSError for a missing file store
+        return None
+    return (run, experiment.name) if run.info.lifecycle_stage == "active" else None
+
+
 def log_batched(client: Any, run_id: str, params: dict[str, Any] | None = None,
                 metrics: dict[str, float] | None = None, step: int = 0) -> None:
     """Params (as strings, None left out) and metrics of a run, in batches MLflow accepts."""
@@ -214,11 +225,9 @@ class MLflowLogger(MLFlowLogger):
         this logger's store and no run was chosen or started yet; returns whether it will."""
         if self._run_id is not None or self._initialized:
             return False
-        try:
-            with tracking_uri_restored():
-                MlflowClient(self._tracking_uri).get_run(run_id)
-        except Exception:  # another store, or deleted: a new run
-            return False
+        with tracking_uri_restored():
+            if existing_run(run_id, self._tracking_uri) is None:  # another store, or deleted: a new run
+                return False
         self._run_id = run_id
         self.continued = True
         return True

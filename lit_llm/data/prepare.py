@@ -59,9 +59,9 @@ from lit_llm.data.prepare_report import (
     log_prepare, mix_stats, read_and_kept, step_stats, summary, tracked_run,
 )
 from lit_llm.data.sources import BUILDERS, load_source, require_fields
-from lit_llm.data.text import PREPARED_MARKER, TASKS_SOURCE, token_dtype, write_tokens
+from lit_llm.data.text import PREPARED_MARKER, token_dtype, write_tokens
 from lit_llm.tokenizer import Tokenizer
-from lit_llm.world import pretrain_corpus
+from lit_llm.world import TASKS_SOURCE, pretrain_corpus
 
 TASK_DOCS_DEFAULT = 2000
 

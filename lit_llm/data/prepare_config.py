@@ -15,8 +15,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lit_llm.data.cleaning import STEPS, CleaningConfig
 from lit_llm.data.sources import source_fingerprint
-from lit_llm.data.text import TASKS_SOURCE
 from lit_llm.hints import exit_with_error
+from lit_llm.world import TASKS_SOURCE
 
 FORMAT_VERSION = 1  # bump when the output of an unchanged config changes
 

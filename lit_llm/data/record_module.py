@@ -11,11 +11,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from lit_llm.checkpoint import load_tokenizer
-from lit_llm.data.records import (TASKS_SOURCE, FieldError, RecordError, RecordReader, Records, check_field_names,
+from lit_llm.data.records import (FieldError, RecordError, RecordReader, Records, check_field_names,
                                   detect_format, load_records)
 from lit_llm.data.sampling import TrainOrderState, train_loader
 from lit_llm.data.sources import holdout_split, require_fields, source_fingerprint, split_loss
 from lit_llm.tokenizer import Tokenizer
+from lit_llm.world import TASKS_SOURCE
 
 
 class RecordDataModule(TrainOrderState, pl.LightningDataModule):

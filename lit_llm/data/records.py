@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 from lit_llm.data.sources import (FieldError, RecordError, check_utf8, is_json_document, load_local, load_source,
                                   local_files)
 
-TASKS_SOURCE = "tasks"  # the built-in task world, every record data module's default source
 MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 
 

@@ -37,10 +37,9 @@ from torch.utils.data import DataLoader, Dataset
 from lit_llm.checkpoint import checkpoint_stage_meta, read_checkpoint
 from lit_llm.data.sampling import TrainOrderState, train_loader, world_of
 from lit_llm.data.sources import load_texts, source_fingerprint
-from lit_llm.world import make_examples, pretrain_corpus
 from lit_llm.tokenizer import Tokenizer
+from lit_llm.world import TASKS_SOURCE, make_examples, pretrain_corpus
 
-TASKS_SOURCE = "tasks"
 PREPARED_MARKER = "meta.json"  # written last, so its presence means the folder is complete
 
 

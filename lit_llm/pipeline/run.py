@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow import MlflowClient
 
 from lit_llm import commands, report
 from lit_llm.checkpointing import StopRequested
 from lit_llm.pipeline.recipe import PipelineError, Recipe, Stage
 from lit_llm.pipeline.state import (done_marker, marker_path, outputs, plan, print_plan, resumable_checkpoint,
                                     stage_key, stage_run_id, started_path, write_json_atomic)
-from lit_llm.tracking import Tag, flatten, hardware, log_batched, open_run, resolve_tracking_uri, run_tags
+from lit_llm.tracking import (Tag, existing_run, flatten, hardware, log_batched, open_run, resolve_tracking_uri,
+                              run_tags)
 
 STOP_CODES = (130, 143)  # a stage stopped on Ctrl-C or SIGTERM after writing its last.ckpt (StopRequested)
 
@@ -119,14 +119,8 @@ class PipelineRun:
         if (recorded.get("tracking_uri"), recorded.get("plan_sha")) != (resolve_tracking_uri(),
                                                                         PipelineRun.plan_sha(recipe)):
             return None
-        client = MlflowClient(resolve_tracking_uri())
-        try:
-            run = client.get_run(recorded["run_id"])
-            experiment = client.get_experiment(run.info.experiment_id)
-        except Exception:  # deleted, or never in this store
-            return None
-        same = run.info.lifecycle_stage == "active" and experiment.name == recipe.experiment_name
-        return run.info.run_id if same else None
+        found = existing_run(recorded["run_id"])
+        return recorded["run_id"] if found and found[1] == recipe.experiment_name else None
 
     @classmethod
     @contextmanager

@@ -36,8 +36,11 @@ from lit_llm.world.gold import answer_distance, extract_answer, gold_accuracy, g
 from lit_llm.world.records import (alpaca_prompt, ppo_prompts, preference_pairs, ranked_lists, read_jsonl,
                                    scored_responses, sft_records, write_jsonl)
 
+# the source name that stands for this world wherever a data module or `lit-llm prepare` takes a source
+TASKS_SOURCE = "tasks"
+
 __all__ = [
-    "ANSWER_FORMATS", "CORPUS_KINDS", "SPLITS", "TASKS", "Corpus", "Example", "alpaca_prompt", "answer_distance",
+    "ANSWER_FORMATS", "CORPUS_KINDS", "SPLITS", "TASKS", "TASKS_SOURCE", "Corpus", "Example", "alpaca_prompt", "answer_distance",
     "extract_answer", "gold_accuracy", "gold_reward", "is_correct", "make_examples", "make_key", "ppo_prompts",
     "preference_pairs", "pretrain_corpus", "ranked_lists", "read_jsonl", "scored_responses", "sft_records",
     "shingle_jaccard", "split_of", "write_jsonl", "wrong_answers",
