@@ -104,8 +104,6 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
-
-
 def _doc_positions(doc_ids: Tensor) -> Tensor:
     """Positions restarting at 0 whenever the doc id changes. doc_ids: (B, T) -> (B, T) long."""
     B, T = doc_ids.shape

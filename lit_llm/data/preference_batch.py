@@ -65,6 +65,8 @@ def encode_response(tokenizer: Tokenizer, prompt: list[dict], response: list[dic
     """
     ids, assistant = tokenizer.render_chat(prompt + response)
     prompt_ids = tokenizer.render_chat(prompt)[0]
+    # The prompt's own rendering can end differently from its start inside prompt + response (a template may close
+    # the last turn), so response tokens start where the two renderings first differ, not at len(prompt_ids).
     shared = next((i for i, (a, b) in enumerate(zip(ids, prompt_ids)) if a != b), min(len(ids), len(prompt_ids)))
     is_response = [a and t >= shared for t, a in enumerate(assistant)]
     if not any(is_response):
@@ -81,7 +83,7 @@ def fit_length(seq: EncodedSequence, max_length: int, policy: str, bos_id: int |
     cut = len(seq) - max_length
     if cut <= 0:
         return seq
-    keep = 1 if bos_id is not None and seq.input_ids[0] == bos_id else 0
+    keep = 1 if bos_id is not None and seq.input_ids[0] == bos_id else 0  # the model never saw a text without bos
     if policy == "drop" or keep + cut > seq.response_start - 1:
         return None
     # Labels of removed prompt positions are all IGNORE_INDEX, so removing the same positions keeps them aligned.
