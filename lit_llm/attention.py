@@ -35,7 +35,8 @@ class KVCache:
         dtype: Dtype of the buffers (the model's parameter dtype).
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype) -> None:
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device | str,
+                 dtype: torch.dtype) -> None:
         shape = (batch_size, config.kv_heads, max_len, config.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from jsonargparse import lazy_instance
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -50,7 +50,7 @@ class LitLLMArgumentParser(LightningArgumentParser):
                 parser = action.choices[m.group(1)]
         return [a.dest for a in parser._actions if isinstance(getattr(a, "dest", None), str)]
 
-    def error(self, message: str, ex: Exception | None = None):
+    def error(self, message: str, ex: Exception | None = None) -> Any:
         if not self.exit_on_error:  # an inner parser: jsonargparse collects its message into the outer one's
             return super().error(message, ex)
         subcommand = getattr(ex, "subcommand_parser", None)
@@ -105,7 +105,7 @@ class LitLLMCLI(LightningCLI):
                              f"are not plain data, which are refused so that no checkpoint can run code): {err}"
                              ) from err
 
-    def instantiate_trainer(self, **kwargs):
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer plus lit_llm's callbacks, passed at construction so that our StageCheckpoint
         replaces Lightning's default ModelCheckpoint instead of running beside it."""
         config = self.config[self.subcommand] if self.subcommand else self.config

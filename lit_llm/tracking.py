@@ -193,7 +193,7 @@ class MLflowLogger(MLFlowLogger):
         self._resilient: ResilientClient | None = None
 
     @property
-    def experiment(self):
+    def experiment(self) -> MlflowClient:
         """The MlflowClient of this run (a ResilientClient for a server), created without leaving mlflow's
         process-wide tracking URI changed.
 

@@ -183,7 +183,7 @@ class LanguageConfig:
 
 
 @lru_cache(maxsize=1)
-def language_identifier():
+def language_identifier() -> langid.LanguageIdentifier:
     """langid's classifier, loaded once per process (unpacking the model takes seconds)."""
     return langid.LanguageIdentifier.from_modelstring(langid.model, norm_probs=True)
 

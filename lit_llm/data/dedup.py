@@ -81,7 +81,7 @@ def shingle_set(text: str, shingle: str = "word", n: int = 5) -> set[bytes]:
 
 
 @lru_cache(maxsize=4)
-def _permutations(num_perm: int, seed: int):
+def _permutations(num_perm: int, seed: int) -> np.ndarray:
     """MinHash permutation parameters; drawing them costs more than hashing a short document, so reuse them."""
     return MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
 

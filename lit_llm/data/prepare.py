@@ -74,7 +74,7 @@ class Timer:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
@@ -201,7 +201,7 @@ class Prepared:
 
 
 @contextmanager
-def _progress_bars(enabled: bool):
+def _progress_bars(enabled: bool) -> Iterator[None]:
     was = datasets.is_progress_bar_enabled()
     (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
     try:

@@ -182,7 +182,7 @@ class PrepareParser(ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
-    def error(self, message: str, ex: Exception | None = None):
+    def error(self, message: str, ex: Exception | None = None) -> Any:
         if not self.exit_on_error:
             return super().error(message, ex)
         keys = [a.dest for a in self._actions if isinstance(getattr(a, "dest", None), str)]

@@ -82,7 +82,7 @@ class ResumableLoader(DataLoader):
             self._starts[known] = self.generator.get_state()
         return self._starts[epoch]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         epoch, resume, self._resume = self.epoch(), self._resume, None
         if resume is not None and resume["epoch"] == epoch:
             if resume["batches_done"] < resume["epoch_batches"]:  # mid-epoch: leave out what it did

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from lit_llm.report.runs import DATA_STAGES, Runs, StageRun, history  # noqa: E402
 
-def _grid(n: int, plt: Any, height: float = 2.6):
+def _grid(n: int, plt: Any, height: float = 2.6) -> tuple[Any, list[Any]]:
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height * rows), squeeze=False)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from lit_llm.world.defs import TASK_DEFS, parse_key, say
-from lit_llm.world.examples import example_stream, rng_for
+from lit_llm.world.examples import Example, example_stream, rng_for
 
 
 MIN_DOC_WORDS = 40
@@ -56,7 +56,7 @@ def shingle_jaccard(a: str, b: str, n: int = 5) -> float:
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
-def _segment(example, rng: random.Random) -> str:
+def _segment(example: Example, rng: random.Random) -> str:
     """One worked example: Q/A, chat-like, prose explanation, or Q/A followed by the explanation."""
     t = TASK_DEFS[example.task]
     explain = rng.choice(t.explanations).format(**t.fields(parse_key(example.key)), ans=example.answer)

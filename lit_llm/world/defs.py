@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from math import isqrt
-from typing import Callable
+from typing import Callable, Iterable
 
 # ~150 short common English words (lowercase, 3-6 letters, no palindromes); written for this module.
 WORDS: tuple[str, ...] = tuple(
@@ -155,7 +155,7 @@ def _word_slips(s: str, rng: random.Random) -> list[str]:
     return [swapped, s[:i] + s[i + 1 :], s[:i] + s[i] + s[i:]]
 
 
-def _num_list(xs) -> str:
+def _num_list(xs: Iterable[int]) -> str:
     return ", ".join(str(x) for x in xs)
 
 
