@@ -2,8 +2,8 @@
 masks and positions for padded, packed and cached batches, and the KV cache of incremental decoding.
 
 Deliberate simplifications: attention masks are materialised as a boolean (B, 1, T, S) tensor whenever padding,
-packed documents or a KV cache are involved; the `is_causal` SDPA fast path is used otherwise. Packed documents
-(`doc_ids`) are not supported together with a KV cache.
+packed documents, a KV cache or a sliding window shorter than the keys are involved; the `is_causal` SDPA fast path
+is used otherwise. Packed documents (`doc_ids`) are not supported together with a KV cache.
 """
 
 from __future__ import annotations
@@ -18,6 +18,21 @@ from lit_llm.rope import apply_rope
 
 if TYPE_CHECKING:  # model.py imports this module
     from lit_llm.model import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32 (as HF Llama), learned per-channel gain, no bias."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., dim) -> (..., dim) in x's dtype."""
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
 
 
 class KVCache:
@@ -67,10 +82,13 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.dropout = config.dropout
-        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
+        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.qkv_bias)
+        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=config.qkv_bias)
+        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=config.qkv_bias)
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
+        if config.qk_norm:  # Qwen3: one gain per head channel, shared by the heads
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         """(B, T, n * head_dim) -> (B, n, T, head_dim)."""
@@ -88,8 +106,10 @@ class Attention(nn.Module):
     ) -> Tensor:
         """x: (B, T, d_model); mask: (B, 1, T, S) bool (True = may attend) or None -> (B, T, d_model)."""
         B, T, _ = x.shape
-        q = apply_rope(self._heads(self.wq(x), self.n_head), *rope)
-        k = apply_rope(self._heads(self.wk(x), self.n_kv_head), *rope)
+        q, k = self._heads(self.wq(x), self.n_head), self._heads(self.wk(x), self.n_kv_head)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         v = self._heads(self.wv(x), self.n_kv_head)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, S, head_dim)
@@ -129,17 +149,22 @@ def default_position_ids(
 
 
 def build_attention_mask(
-    T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, causal: bool, device: torch.device
+    T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, causal: bool, device: torch.device,
+    sliding_window: int | None = None,
 ) -> Tensor:
     """Boolean (B or 1, 1, T, S) mask, True where query t may attend key s; S = past + T.
 
-    Key padding, causality (query t sits at absolute position past + t) and document boundaries are combined;
-    then the diagonal is forced on so pad queries (whose own key is masked) never get an all-False row (NaN).
+    Key padding, causality (query t sits at absolute position past + t), the sliding window (keys less than
+    `sliding_window` slots back, as `transformers` counts them: cache slots, pads included) and document boundaries
+    are combined; then the diagonal is forced on so pad queries (whose own key is masked) never get an all-False row
+    (NaN).
     """
     S = past + T
     q_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1)
     k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
     allowed = (k_pos <= q_pos) if causal else torch.ones(T, S, dtype=torch.bool, device=device)
+    if sliding_window is not None:
+        allowed = allowed & (k_pos > q_pos - sliding_window)
     allowed = allowed[None]  # (1, T, S)
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None, :]  # (B, T, S)

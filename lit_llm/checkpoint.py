@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlan
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from lit_llm.hf import load_hf
+from lit_llm.hf import load_hf, looks_like_hub_id, resolve_pretrained
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.tokenizer import Tokenizer
 
@@ -308,11 +308,12 @@ def backbone_state(state_dict: dict[str, torch.Tensor], prefix: str = "model.") 
 def load_tokenizer(source: str | Path) -> Tokenizer:
     """The tokenizer of a lit_llm checkpoint (file or sharded folder) or a Hugging Face directory, read without
     loading any weights: what a data module tokenizes with (`tokenizer_from`)."""
-    source = Path(source)
-    if source.is_dir() and not is_sharded_checkpoint(source):
+    if is_hf_source(source):
+        source = resolve_pretrained(source)
         if not (source / "tokenizer.json").is_file():
             raise ValueError(f"{source} has no tokenizer.json; a model never travels without its tokenizer")
         return Tokenizer.from_file(source / "tokenizer.json")
+    source = Path(source)
     if is_sharded_checkpoint(source):
         verify_sharded_checkpoint(source)
         meta = _load_plain(source / SHARDED_META_FILE, str(source / SHARDED_META_FILE))
@@ -326,20 +327,27 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
     return Tokenizer.from_json(checkpoint_stage_meta(meta, source)["tokenizer"])
 
 
-def load_backbone(source: str | Path, prefix: str = "model.") -> LoadedModel:
-    """Load a backbone and its tokenizer from a lit_llm checkpoint file or a Hugging Face Llama directory.
+def is_hf_source(source: str | Path) -> bool:
+    """A Hugging Face directory or hub id (not one of our checkpoints, file or sharded folder)."""
+    path = Path(source)
+    return looks_like_hub_id(source) or (path.is_dir() and not is_sharded_checkpoint(path))
+
+
+def load_backbone(source: str | Path, prefix: str = "model.", dtype: str | torch.dtype | None = None) -> LoadedModel:
+    """Load a backbone and its tokenizer from a lit_llm checkpoint file or a Hugging Face model.
 
     Args:
-        source: A `.ckpt` written by any stage (a file, or the directory FSDP writes with sharded checkpoints), or
-            a Hugging Face directory with config.json + model.safetensors.
+        source: A `.ckpt` written by any stage (a file, or the directory FSDP writes with sharded checkpoints), a
+            Hugging Face directory with config.json + safetensors weights, or a hub id (`hf:Qwen/Qwen2.5-0.5B`).
         prefix: Where the backbone lives in the stage module's state dict.
+        dtype: A Hugging Face model's dtype in memory (None: as stored); our checkpoints keep theirs.
     """
-    source = Path(source)
-    if source.is_dir() and not is_sharded_checkpoint(source):
-        model, tokenizer = load_hf(source)
+    if is_hf_source(source):
+        model, tokenizer = load_hf(source, dtype)
         if tokenizer is None:
             raise ValueError(f"{source} has no tokenizer.json; a model never travels without its tokenizer")
         return LoadedModel(model, tokenizer, "hf", None, {}, {})
+    source = Path(source)
     checkpoint = read_checkpoint(source)
     meta = checkpoint_stage_meta(checkpoint, source)
     model = Transformer(ModelConfig.from_dict(meta["model_config"]))

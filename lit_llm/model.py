@@ -6,8 +6,11 @@ grouped-query KV heads -> residual -> RMSNorm -> SwiGLU MLP -> residual] -> fina
 embedding by default). Parameter layout and RoPE convention ("rotate_half", non-interleaved) follow Hugging Face's
 Llama so weights map 1:1 (see lit_llm.hf).
 
+Families are flags of one config, not subclasses (LitGPT's way): Llama-2/3 and SmolLM are the defaults, Qwen2 adds
+`qkv_bias`, Qwen3 `qk_norm` and a `head_dim` of its own, Mistral a `sliding_window`.
+
 Deliberate simplifications:
-- No biases anywhere (Llama); no partial rotary, no sliding window, no llama3/yarn RoPE scaling.
+- No partial rotary, no YaRN RoPE scaling, no MoE, no biases beyond Qwen2's q/k/v (lit_llm.hf refuses the rest).
 - Sequences longer than ``max_seq_len`` are not rejected (RoPE has no learned positions); ``max_seq_len`` only
   drives dynamic-NTK scaling and the default ``flops_per_token`` length.
 """
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_llm.attention import Attention, KVCache, build_attention_mask, default_position_ids
+from lit_llm.attention import Attention, KVCache, RMSNorm, build_attention_mask, default_position_ids
 from lit_llm.rope import RotaryEmbedding, normalise_rope_scaling
 
 
@@ -36,15 +39,20 @@ class ModelConfig:
         n_layer: Number of Transformer blocks.
         n_head: Number of query heads.
         n_kv_head: Number of key/value heads (grouped-query attention); None means n_head. Must divide n_head.
-        d_model: Residual stream width; must be divisible by n_head (head_dim = d_model / n_head, must be even).
+        d_model: Residual stream width.
+        head_dim: Width of one attention head (even, for RoPE); None means d_model / n_head, which must divide.
         d_ff: SwiGLU hidden width; None means the Llama rule int(8 * d_model / 3) rounded up to a multiple of 64.
         max_seq_len: Context length the model is trained for (dynamic RoPE scaling kicks in beyond it).
         rope_base: RoPE base (theta).
-        rope_scaling: Optional RoPE scaling {"type": "linear"|"dynamic", "factor": float}; the HF key "rope_type"
-            is accepted in place of "type". Normalised to {"type", "factor"}.
+        rope_scaling: Optional RoPE scaling {"type": "linear"|"dynamic"|"llama3", "factor": float} (llama3 also
+            `low_freq_factor`, `high_freq_factor`, `original_max_position_embeddings`); the HF key "rope_type" is
+            accepted in place of "type".
         norm_eps: RMSNorm epsilon.
         tie_embeddings: Share the LM head weight with the token embedding.
         dropout: Dropout probability on attention weights and on both residual branches (training only).
+        qkv_bias: Biases on the query, key and value projections (Qwen2).
+        qk_norm: RMSNorm over each query and key head before RoPE (Qwen3).
+        sliding_window: Each token attends to the last `sliding_window` positions only (Mistral); None = all.
     """
 
     vocab_size: int = 256
@@ -52,6 +60,7 @@ class ModelConfig:
     n_head: int = 4
     n_kv_head: int | None = None
     d_model: int = 128
+    head_dim: int | None = None
     d_ff: int | None = None
     max_seq_len: int = 256
     rope_base: float = 10000.0
@@ -59,15 +68,23 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     dropout: float = 0.0
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.d_model % self.n_head != 0:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
-        if self.head_dim % 2 != 0:
-            raise ValueError(f"head_dim = d_model / n_head = {self.head_dim} must be even for RoPE")
+        if self.head_dim is None:
+            if self.d_model % self.n_head != 0:
+                raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}) "
+                                 f"unless head_dim is set")
+            self.head_dim = self.d_model // self.n_head
+        if self.head_dim <= 0 or self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim = {self.head_dim} must be a positive even number (RoPE rotates pairs)")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}")
         if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head != 0):
             raise ValueError(f"n_kv_head ({self.n_kv_head}) must be a positive divisor of n_head ({self.n_head})")
         if self.d_ff is not None and self.d_ff <= 0:
@@ -79,10 +96,6 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         self.rope_scaling = normalise_rope_scaling(self.rope_scaling)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
 
     @property
     def kv_heads(self) -> int:
@@ -111,21 +124,6 @@ class ModelConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32 (as HF Llama), learned per-channel gain, no bias."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (..., dim) -> (..., dim) in x's dtype."""
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -205,6 +203,8 @@ class Transformer(nn.Module):
         for block in self.blocks:
             for lin in (block.attn.wq, block.attn.wk, block.attn.wv, block.mlp.w_gate, block.mlp.w_up):
                 nn.init.normal_(lin.weight, 0.0, std)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
             for lin in (block.attn.wo, block.mlp.w_down):
                 nn.init.normal_(lin.weight, 0.0, resid_std)
             block.attn_norm.weight.fill_(1.0)
@@ -256,17 +256,19 @@ class Transformer(nn.Module):
             kv_cache.advance(T)
         return self.norm(x)
 
-    @staticmethod
     def _mask(
-        T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, causal: bool, device: torch.device
+        self, T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, causal: bool,
+        device: torch.device,
     ) -> tuple[Tensor | None, bool]:
         """Pick the cheapest SDPA masking: (None, is_causal) when no explicit mask is needed, else (mask, False)."""
-        if attention_mask is None and doc_ids is None:
+        window = self.config.sliding_window
+        window = window if window is not None and past + T > window else None  # a window no key falls out of
+        if attention_mask is None and doc_ids is None and window is None:
             if not causal or T == 1:  # one new query may see every cached key
                 return None, False
             if past == 0:
                 return None, True  # SDPA fast path
-        return build_attention_mask(T, past, attention_mask, doc_ids, causal, device), False
+        return build_attention_mask(T, past, attention_mask, doc_ids, causal, device, window), False
 
     def forward(
         self,
@@ -296,12 +298,12 @@ class Transformer(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward), PaLM appendix B: 6 * N + 12 * L * d_model * T.
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6 * N + 12 * L * (n_head * head_dim) * T.
 
         N counts every weight used in a matmul: the non-embedding parameters plus the LM head (d_model * vocab,
-        which is a real matmul even when tied; the embedding lookup is free). The 12 * L * d_model * T term is the
-        attention score and value matmuls (2 matmuls * 2 FLOPs/MAC * 3 for fwd+bwd, per layer, over T keys), counted
-        over the full T x T matrix (no causal halving).
+        which is a real matmul even when tied; the embedding lookup is free). The attention term is the score and
+        value matmuls (2 matmuls * 2 FLOPs/MAC * 3 for fwd+bwd, per layer, over T keys), counted over the full
+        T x T matrix (no causal halving).
 
         Args:
             seq_len: Context length T; defaults to config.max_seq_len.
@@ -309,7 +311,7 @@ class Transformer(nn.Module):
         c = self.config
         T = c.max_seq_len if seq_len is None else seq_len
         n_matmul = self.num_params(exclude_embeddings=True) + c.d_model * c.vocab_size
-        return float(6 * n_matmul + 12 * c.n_layer * c.d_model * T)
+        return float(6 * n_matmul + 12 * c.n_layer * c.n_head * c.head_dim * T)
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ calls; this only differs when a short call follows a longer one with both above 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,25 +17,47 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # model.py imports this module
     from lit_llm.model import ModelConfig
 
-ROPE_TYPES = ("linear", "dynamic")
+ROPE_TYPES = ("linear", "dynamic", "llama3")
+LLAMA3_KEYS = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def normalise_rope_scaling(scaling: dict | None) -> dict | None:
-    """Validate a rope_scaling dict and return it as {"type": str, "factor": float} (or None)."""
+    """Validate a rope_scaling dict and return it as {"type": str, "factor": float} (llama3: plus LLAMA3_KEYS)."""
     if scaling is None:
         return None
     if not isinstance(scaling, dict):
         raise ValueError(f"rope_scaling must be a dict or None, got {type(scaling).__name__}")
-    unknown = sorted(set(scaling) - {"type", "rope_type", "factor"})
-    if unknown:
-        raise ValueError(f"rope_scaling has unsupported keys {unknown}; expected 'type' and 'factor'")
     kind = scaling.get("type", scaling.get("rope_type"))
     if kind not in ROPE_TYPES:
         raise ValueError(f"rope_scaling type must be one of {ROPE_TYPES}, got {kind!r}")
+    allowed = {"type", "rope_type", "factor", *(LLAMA3_KEYS if kind == "llama3" else ())}
+    unknown = sorted(set(scaling) - allowed)
+    if unknown:
+        raise ValueError(f"rope_scaling has unsupported keys {unknown} for type {kind!r}; expected {sorted(allowed)}")
     factor = scaling.get("factor")
     if not isinstance(factor, (int, float)) or factor <= 0:
         raise ValueError(f"rope_scaling factor must be a positive number, got {factor!r}")
-    return {"type": kind, "factor": float(factor)}
+    normalised = {"type": kind, "factor": float(factor)}
+    if kind == "llama3":
+        missing = [key for key in LLAMA3_KEYS if not isinstance(scaling.get(key), (int, float))]
+        if missing:
+            raise ValueError(f"rope_scaling type 'llama3' needs numbers for {missing}")
+        normalised.update({key: float(scaling[key]) for key in LLAMA3_KEYS[:2]})
+        normalised[LLAMA3_KEYS[2]] = int(scaling[LLAMA3_KEYS[2]])  # a context length, an int in HF configs
+    return normalised
+
+
+def llama3_inv_freq(inv_freq: Tensor, scaling: dict) -> Tensor:
+    """Llama 3.1's frequency-dependent scaling: wavelengths longer than the original context / low_freq_factor
+    are divided by `factor` (interpolated), shorter than it / high_freq_factor kept, those between blended."""
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 class RotaryEmbedding(nn.Module):
@@ -51,6 +74,8 @@ class RotaryEmbedding(nn.Module):
         inv_freq = self._inv_freq(self.base)
         if self.scaling_type == "linear":
             inv_freq = inv_freq / self.factor  # == dividing positions by factor
+        elif self.scaling_type == "llama3":
+            inv_freq = llama3_inv_freq(inv_freq, scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def _inv_freq(self, base: float | Tensor) -> Tensor:

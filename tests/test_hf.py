@@ -104,14 +104,19 @@ def base_hf_config(**changes) -> dict:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        (dict(model_type="mistral"), "model_type 'mistral'"),
+        (dict(model_type="gemma"), "model_type 'gemma'"),
         (dict(architectures=["MistralForCausalLM"]), "architectures"),
         (dict(attention_bias=True), "attention_bias"),
         (dict(mlp_bias=True), "mlp_bias"),
         (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
-        (dict(sliding_window=4096), "sliding_window"),
-        (dict(head_dim=16), "head_dim=16"),
-        (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling type 'llama3'"),
+        (dict(num_local_experts=8), "num_local_experts=8: mixture of experts"),
+        (dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
+        (dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], use_sliding_window=True), "use_sliding_window"),
+        (dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], attention_bias=True), "attention_bias"),
+        (dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], layer_types=["full_attention", "sliding_attention"]),
+         "layer_types with \\['sliding_attention'\\]"),
+        (dict(model_type="gemma2", architectures=["Gemma2ForCausalLM"], attn_logit_softcapping=50.0), "gemma2"),
+        (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "'llama3' needs numbers for"),
         (dict(rope_scaling={"rope_type": "yarn", "factor": 8.0}), "rope_scaling type 'yarn'"),
     ],
 )

@@ -18,6 +18,10 @@ from lit_llm.model import Transformer
 from lit_llm.optim import OptimConfig, configure_adamw
 from lit_llm.tokenizer import Tokenizer
 
+# A stage trains float32 weights whatever dtype a Hugging Face model is stored in: the optimizer's master copy
+# (Lightning's bf16-mixed autocasts the matmuls; `--trainer.precision=bf16-true` casts the whole module itself).
+TRAIN_DTYPE = "float32"
+
 
 class StageModule(pl.LightningModule):
     """Base of the stage modules.
@@ -50,7 +54,7 @@ class StageModule(pl.LightningModule):
     def load_starting_model(self, init_from: str, activation_checkpointing: bool = False) -> LoadedModel:
         """Load the stage's starting weights and tokenizer (`self.model`, `self.tokenizer`) from a checkpoint of
         any stage or a Hugging Face directory, and remember its MLflow run as this run's parent."""
-        loaded = load_backbone(init_from)
+        loaded = load_backbone(init_from, dtype=TRAIN_DTYPE)
         self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
         self.model.activation_checkpointing = activation_checkpointing
         self.model.train()  # an imported model comes in eval mode (for inference); a stage trains it (dropout on)
@@ -61,7 +65,7 @@ class StageModule(pl.LightningModule):
         """A frozen reference policy: a copy of the starting policy, or the backbone of `ref_from`."""
         if ref_from is None:
             return copy.deepcopy(self.model)
-        loaded = load_backbone(ref_from)
+        loaded = load_backbone(ref_from, dtype=TRAIN_DTYPE)
         self.check_tokenizer(loaded.tokenizer, f"ref_from {ref_from}")
         return loaded.model
 

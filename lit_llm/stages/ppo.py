@@ -68,7 +68,7 @@ from lit_llm.model import ScalarHead
 from lit_llm.optim import OptimConfig, configure_adamw
 from lit_llm.rollout import (GOLD, KLConfig, KLController, RewardShaping, RolloutConfig, Samples, disable_dropout,
                              response_logprobs, reward_source, sample, stopped)
-from lit_llm.stages.base import StageModule
+from lit_llm.stages.base import TRAIN_DTYPE, StageModule
 from lit_llm.stages.ppo_parts import PPOLoss, PPOUpdate, Rollout, value_metrics
 
 PPO_STATE_KEY = "lit_llm_ppo"
@@ -150,7 +150,7 @@ class PPOModule(StageModule):
             nn.init.zeros_(head.bias)
             return head
         source = self.value_from or (self.init_from if self.reward_from == GOLD else self.reward_from)
-        loaded = load_backbone(source)
+        loaded = load_backbone(source, dtype=TRAIN_DTYPE)
         self.check_tokenizer(loaded.tokenizer, f"value_from {source}")
         value = ScalarHead(loaded.model)
         if loaded.stage == "reward":

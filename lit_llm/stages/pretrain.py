@@ -19,7 +19,7 @@ from lit_llm.evaluation import generate_texts
 from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.optim import OptimConfig
-from lit_llm.stages.base import StageModule
+from lit_llm.stages.base import TRAIN_DTYPE, StageModule
 
 
 class PretrainLM(StageModule):
@@ -59,7 +59,7 @@ class PretrainLM(StageModule):
         if self.model is not None:
             return
         if self.init_from:
-            loaded = load_backbone(self.init_from)
+            loaded = load_backbone(self.init_from, dtype=TRAIN_DTYPE)
             self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
             data_tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
             if data_tokenizer is not None and (difference := self.tokenizer.difference(data_tokenizer)):
