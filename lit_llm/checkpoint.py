@@ -5,7 +5,7 @@ Python values (stage name, model config, tokenizer JSON, MLflow run id), so ever
 `torch.load(weights_only=True)` and no checkpoint can execute code when loaded.
 
 `load_backbone` is the one entry point the later stages, `generate` and `export` use to get a model and its
-tokenizer from either one of our checkpoints or a Hugging Face Llama-format directory.
+tokenizer from either one of our checkpoints or a Hugging Face directory or hub id.
 """
 
 import io

@@ -32,7 +32,7 @@ def generate_texts(
 ) -> list[str]:
     """Generate a completion for each tokenized prompt (greedy by default) and decode it to text."""
     device = next(model.parameters()).device
-    stop = list(stop_ids) if stop_ids is not None else [tokenizer.eos_id]
+    stop = list(stop_ids) if stop_ids is not None else tokenizer.eos_ids()
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_pad(list(prompts[start : start + batch_size]), tokenizer.pad_id)

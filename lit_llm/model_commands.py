@@ -1,5 +1,5 @@
-"""Commands that use a model: `lit-llm generate` (a completion from a checkpoint or Hugging Face directory) and
-`lit-llm export` (a checkpoint as a Hugging Face Llama directory)."""
+"""Commands that use a model: `lit-llm generate` (a completion from a checkpoint or Hugging Face model) and
+`lit-llm export` (a checkpoint as a Hugging Face directory of its family)."""
 
 import argparse
 
@@ -11,9 +11,12 @@ from lit_llm.hf import export_hf
 
 
 def generate_command(argv: list[str]) -> None:
-    """Sample a completion from a checkpoint or Hugging Face Llama directory."""
+    """Sample a completion from a checkpoint, a Hugging Face directory or a hub id."""
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm generate", description=generate_command.__doc__)
-    parser.add_argument("source", help="a lit_llm .ckpt of any stage, or a Hugging Face Llama-format directory")
+    parser.add_argument("source", help="a lit_llm .ckpt of any stage, a Hugging Face directory, or a hub id "
+                                       "(hf:Qwen/Qwen2.5-0.5B-Instruct)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="a Hugging Face model's dtype in memory (default: as stored)")
     parser.add_argument("--prompt", required=True, action="append",
                         help="prompt text; repeat the flag for a batch of prompts")
     parser.add_argument("--chat", action="store_true",
@@ -25,14 +28,14 @@ def generate_command(argv: list[str]) -> None:
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     args = parser.parse_args(argv)
-    loaded = load_backbone(args.source)
+    loaded = load_backbone(args.source, dtype=args.dtype)
     tokenizer = loaded.tokenizer
     if args.chat:
         prompts = [tokenizer.render_prompt(p, args.system) for p in args.prompt]
         stop = tokenizer.chat_stop_ids()
     else:
-        prompts = [tokenizer.encode(p, bos=tokenizer.bos_id is not None) for p in args.prompt]
-        stop = [tokenizer.eos_id]
+        prompts = [tokenizer.encode(p, bos=tokenizer.add_bos) for p in args.prompt]
+        stop = tokenizer.eos_ids()
     generator = torch.Generator().manual_seed(args.seed)
     texts = generate_texts(loaded.model, tokenizer, prompts, args.max_new_tokens, stop,
                            temperature=args.temperature, generator=generator,
@@ -41,12 +44,31 @@ def generate_command(argv: list[str]) -> None:
         print(f"{prompt}{text}" if not args.chat else text)
 
 
+def parse_size(text: str) -> int:
+    """Bytes from "5GB", "500MB", "40KB" (powers of 1000, as transformers' max_shard_size) or a plain number."""
+    units = {"GB": 10**9, "MB": 10**6, "KB": 10**3, "B": 1}
+    for unit, scale in units.items():
+        if text.upper().endswith(unit):
+            number = text[: -len(unit)]
+            break
+    else:
+        number, scale = text, 1
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 5GB, 500MB or 40000, got {text!r}") from None
+
+
 def export_command(argv: list[str]) -> None:
-    """Write a checkpoint's backbone and tokenizer as a Hugging Face Llama-format directory."""
+    """Write a checkpoint's backbone and tokenizer as a Hugging Face directory of its family (Llama, Qwen2, ...)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm export", description=export_command.__doc__)
     parser.add_argument("checkpoint", help="a lit_llm .ckpt of any stage")
     parser.add_argument("out_dir", help="directory to write config.json, model.safetensors, tokenizer.json, ...")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the written weights (default: the checkpoint's)")
+    parser.add_argument("--max_shard_size", default=None, type=parse_size,
+                        help="write shards of at most this size with model.safetensors.index.json (e.g. 5GB)")
     args = parser.parse_args(argv)
     loaded = load_backbone(args.checkpoint)
-    export_hf(loaded.model, loaded.tokenizer, args.out_dir)
+    export_hf(loaded.model, loaded.tokenizer, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
     print(f"wrote {args.out_dir} (stage {loaded.stage}, {loaded.model.num_params():,} parameters)")

@@ -58,8 +58,8 @@ from tokenizers import models, pre_tokenizers, processors, trainers
 from lit_llm import chat
 from lit_llm.chat import DEFAULT_CHAT_TEMPLATE, PLAIN_CHAT_TEMPLATE, SPECIAL_TOKENS
 from lit_llm.tokenizer_backend import (
-    CONFIG_KEYS, ID_ROLES, byte_level_backend, byte_symbols, encoding_pipeline, resolve_special_tokens,
-    special_added_tokens, token_content,
+    CONFIG_KEYS, ID_ROLES, adds_bos, byte_level_backend, byte_symbols, encoding_pipeline, generation_stop_tokens,
+    resolve_special_tokens, special_added_tokens, token_content,
 )
 
 
@@ -72,6 +72,8 @@ class Tokenizer:
             None resolves them by name (our ``SPECIAL_TOKENS`` names, then common names).
         chat_template: the checkpoint's Jinja chat template; None (or ``DEFAULT_CHAT_TEMPLATE``) means the
             default template.
+        stop_tokens: more tokens that end generation (``generation_config.json``'s eos ids).
+        add_bos: whether texts start with bos (`encode(bos=tokenizer.add_bos)`); None: whenever there is one.
     """
 
     def __init__(
@@ -79,6 +81,8 @@ class Tokenizer:
         backend: tokenizers.Tokenizer,
         special_tokens: dict[str, str | None] | None = None,
         chat_template: str | None = None,
+        stop_tokens: Sequence[str] = (),
+        add_bos: bool | None = None,
     ) -> None:
         self.backend = backend
         if special_tokens is None:
@@ -89,6 +93,11 @@ class Tokenizer:
                 raise ValueError(f"{role} token {token!r} is not in the vocabulary")
         # Normalized so a save -> from_file round trip keeps chat_template None (and the exact segment path).
         self.chat_template = None if chat_template == DEFAULT_CHAT_TEMPLATE else chat_template
+        unknown = [token for token in stop_tokens if backend.token_to_id(token) is None]
+        if unknown:
+            raise ValueError(f"stop tokens {unknown} are not in the vocabulary")
+        self.stop_tokens = list(stop_tokens)
+        self.add_bos = self.bos_id is not None if add_bos is None else add_bos and self.bos_id is not None
 
     # ------------------------------------------------------------------------------------ constructors
     @classmethod
@@ -135,8 +144,9 @@ class Tokenizer:
         """Load a ``tokenizer.json`` (or a folder holding one), with ``tokenizer_config.json`` beside it if any.
 
         Args:
-            path: the ``tokenizer.json`` file or its folder. The config supplies special-token names and the
-                chat template (``chat_template.jinja`` in the same folder is read too).
+            path: the ``tokenizer.json`` file or its folder. The config supplies special-token names, whether
+                texts start with bos, and the chat template (``chat_template.jinja`` in the same folder is read
+                too); ``generation_config.json`` the further ids generation stops at.
         """
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
@@ -147,24 +157,30 @@ class Tokenizer:
             token = token_content(config.get(key))
             if token is not None and backend.token_to_id(token) is None:
                 raise ValueError(f"{config_file}: {key} {token!r} is not a token of {file}")
-        return cls(backend, resolve_special_tokens(backend, config), chat.read_chat_template(file.parent, config))
+        special = resolve_special_tokens(backend, config)
+        return cls(backend, special, chat.read_chat_template(file.parent, config),
+                   stop_tokens=generation_stop_tokens(file.parent, backend),
+                   add_bos=adds_bos(backend, special["bos"], config))
 
     @classmethod
     def from_json(cls, state: dict) -> Tokenizer:
         """Rebuild a tokenizer from :meth:`to_json`'s state.
 
         Args:
-            state: ``{"tokenizer": <tokenizer.json string>, "chat_template": ..., "<role>_token": ...}``.
+            state: ``{"tokenizer": <tokenizer.json string>, "chat_template": ..., "<role>_token": ...,
+                "stop_tokens": [...], "add_bos": ...}`` (the last two absent in older checkpoints).
         """
         backend = tokenizers.Tokenizer.from_str(state["tokenizer"])
         special = {role: state.get(f"{role}_token") for role in ID_ROLES}
-        return cls(backend, special, state.get("chat_template"))
+        return cls(backend, special, state.get("chat_template"), stop_tokens=state.get("stop_tokens", ()),
+                   add_bos=state.get("add_bos"))
 
     # ------------------------------------------------------------------------------------ persistence
     def to_json(self) -> dict:
-        """Checkpoint-safe state (only ``str``/``None`` values, fine for ``torch.load(weights_only=True)``)."""
-        state: dict[str, str | None] = {"tokenizer": self.backend.to_str(), "chat_template": self.chat_template}
+        """Checkpoint-safe state (strings, a list of strings, a bool: fine for ``torch.load(weights_only=True)``)."""
+        state: dict[str, Any] = {"tokenizer": self.backend.to_str(), "chat_template": self.chat_template}
         state.update({f"{role}_token": token for role, token in self._special.items()})
+        state.update(stop_tokens=list(self.stop_tokens), add_bos=self.add_bos)
         return state
 
     def save(self, directory: str | PathLike, *, model_max_length: int | None = None) -> None:
@@ -182,7 +198,7 @@ class Tokenizer:
             "bos_token": self._special["bos"],
             "eos_token": self._special["eos"],
             "pad_token": self._special["pad"],  # null when absent: loaders then fall back to eos themselves
-            "add_bos_token": self.bos_id is not None,  # documents and prompts start with bos here (`encode(bos=...)`)
+            "add_bos_token": self.add_bos,  # documents and prompts start with bos here (`encode(bos=...)`)
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,  # decoding must not touch spaces
         }
@@ -200,7 +216,7 @@ class Tokenizer:
         """The backend for `tokenizer.json`: with a post-processor that starts every text with bos (when there is
         one and the file has no post-processor of its own), so `transformers`' tokenizer gives the ids this class
         trains and generates with. `encode` never runs it (it adds bos itself), so it is left out of `difference`."""
-        if self.bos_id is None or self.backend.post_processor is not None:
+        if not self.add_bos or self.backend.post_processor is not None:
             return self.backend
         backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
         bos = self._special["bos"]
@@ -250,9 +266,14 @@ class Tokenizer:
         """Masked-LM mask id."""
         return self._id("mask")
 
+    def eos_ids(self) -> list[int]:
+        """Ids that end a text: eos, then the stop tokens of ``generation_config.json`` (deduplicated)."""
+        ids = [self.eos_id, *map(self.backend.token_to_id, self.stop_tokens)]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
     def chat_stop_ids(self) -> list[int]:
-        """Ids that end an assistant turn: end_of_turn then eos (deduplicated, absent ones left out)."""
-        ids = [self.end_of_turn_id, self.eos_id]
+        """Ids that end an assistant turn: end_of_turn, then `eos_ids` (deduplicated, absent ones left out)."""
+        ids = [self.end_of_turn_id, *self.eos_ids()]
         return list(dict.fromkeys(i for i in ids if i is not None))
 
     # ------------------------------------------------------------------------------------ encode / decode

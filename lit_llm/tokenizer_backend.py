@@ -4,6 +4,7 @@ the special tokens (bos, eos, pad, end of turn, mask) of any ``tokenizer.json`` 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import tokenizers
@@ -69,7 +70,8 @@ def token_content(value: Any) -> str | None:
 
 
 def resolve_special_tokens(backend: tokenizers.Tokenizer, config: dict) -> dict[str, str | None]:
-    """Find each role's special token by name: config entry, then our name, then common names.
+    """Find each role's special token by name: config entry, then our name, then common names. A config that
+    names the key with null means none (Qwen has no bos token), as in `transformers`.
 
     Args:
         backend: the loaded tokenizer; a candidate counts only when it is in its vocabulary.
@@ -77,11 +79,40 @@ def resolve_special_tokens(backend: tokenizers.Tokenizer, config: dict) -> dict[
     """
     resolved = {}
     for role in ID_ROLES:
+        if CONFIG_KEYS.get(role) in config and config[CONFIG_KEYS[role]] is None:
+            resolved[role] = None
+            continue
         candidates = [token_content(config.get(CONFIG_KEYS.get(role, "")))]
         candidates += [SPECIAL_TOKENS[role], *COMMON_NAMES[role]]
         present = [token for token in candidates if token and backend.token_to_id(token) is not None]
         resolved[role] = present[0] if present else None
     return resolved
+
+
+def adds_bos(backend: tokenizers.Tokenizer, bos: str | None, config: dict) -> bool:
+    """Whether the model's texts start with bos: ``add_bos_token`` of the config when set, else whether the
+    ``tokenizer.json`` post-processor puts bos first (Llama-3 does, SmolLM's does not), else whenever there is one."""
+    if bos is None:
+        return False
+    if isinstance(config.get("add_bos_token"), bool):
+        return config["add_bos_token"]
+    if backend.post_processor is not None:
+        return backend.encode("a", add_special_tokens=True).ids[:1] == [backend.token_to_id(bos)]
+    return True
+
+
+def generation_stop_tokens(directory: Path, backend: tokenizers.Tokenizer) -> list[str]:
+    """The tokens ``generation_config.json`` stops at (``eos_token_id``: an id or a list; Llama-3-Instruct stops
+    at ``<|eot_id|>`` and ``<|end_of_text|>``), as token strings; empty without the file."""
+    file = directory / "generation_config.json"
+    if not file.is_file():
+        return []
+    ids = json.loads(file.read_text(encoding="utf-8")).get("eos_token_id")
+    ids = [ids] if isinstance(ids, int) else ids or []
+    tokens = [backend.id_to_token(i) if isinstance(i, int) else None for i in ids]
+    if None in tokens:
+        raise ValueError(f"{file}: eos_token_id {ids} names ids outside the tokenizer's vocabulary")
+    return tokens
 
 
 def encoding_pipeline(backend: tokenizers.Tokenizer) -> dict:

@@ -65,6 +65,16 @@ def test_every_stage_config_parses(config: Path, capsys: pytest.CaptureFixture) 
     assert "class_path: lit_llm." in printed
 
 
+@pytest.mark.parametrize("name", ["sft/qwen2.5-0.5b.yaml", "sft/llama-3.2-1b.yaml", "dpo/qwen2.5-0.5b-hh.yaml"])
+def test_the_own_model_recipes_start_from_a_hub_id_in_bf16_with_the_model_template(
+        name: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs" / name), "--print_config"])
+    printed = capsys.readouterr().out
+    for line in ("precision: bf16-mixed", "devices: 1", "init_from: hf:", "chat_template: own"):
+        assert line in printed, line
+
+
 @pytest.mark.parametrize(("argv", "hint"), [
     (["fit", "--config", str(REPO / "configs/pretrain/tiny.yaml"), "--trainer.max_step=3", "--print_config"],
      "lit-llm fit: error: unknown key 'trainer.max_step'; did you mean 'trainer.max_steps'?"),

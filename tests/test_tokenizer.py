@@ -258,7 +258,7 @@ def test_to_json_from_json_round_trip(trained, tmp_path):
     custom = _llama3_like(trained, tmp_path)
     for tok in (trained, custom):
         state = tok.to_json()
-        assert all(isinstance(v, str) or v is None for v in state.values())
+        assert all(isinstance(v, (str, bool, list)) or v is None for v in state.values())
         torch.save({"tokenizer": state}, tmp_path / "ckpt.pt")
         loaded = Tokenizer.from_json(torch.load(tmp_path / "ckpt.pt", weights_only=True)["tokenizer"])
         assert loaded.to_json() == state

@@ -168,7 +168,7 @@ def make_tokenizer(cfg: TokenizerConfig, texts: Iterable[str] | None) -> Tokeniz
 
 
 def _tokenize_batch(batch: dict, tokenizer: Tokenizer) -> dict:
-    ids = tokenizer.encode_batch(batch["text"], bos=tokenizer.bos_id is not None)
+    ids = tokenizer.encode_batch(batch["text"], bos=tokenizer.add_bos)
     return {"ids": [np.asarray(x, dtype=np.uint32) for x in ids]}
 
 

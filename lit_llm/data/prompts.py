@@ -78,8 +78,8 @@ FIELD_NAMES = ("prompt", "instruction", "input", "answer")  # what `fields` may 
 def ptx_blocks(tokenizer: Tokenizer, texts: Sequence[str], length: int) -> torch.Tensor:
     """(N, length + 1) blocks of the documents' tokens (bos + text + eos each), concatenated and cut."""
     stream: list[int] = []
-    for ids in tokenizer.encode_batch(list(texts)):
-        stream += [i for i in (tokenizer.bos_id, *ids, tokenizer.eos_id) if i is not None]
+    for ids in tokenizer.encode_batch(list(texts), bos=tokenizer.add_bos):
+        stream += [*ids, tokenizer.eos_id] if tokenizer.eos_id is not None else ids
     n = len(stream) // (length + 1)
     if n == 0:
         raise ValueError(f"the ptx source has {len(stream)} tokens, fewer than one block of {length + 1}")

@@ -263,7 +263,7 @@ class TextDataModule(TrainOrderState, pl.LightningDataModule):
         dtype = token_dtype(tokenizer.vocab_size)
         counts = {}
         for split, docs in (("train", train_docs), ("val", val_docs)):
-            ids = tokenizer.encode_batch(docs, bos=tokenizer.bos_id is not None)
+            ids = tokenizer.encode_batch(docs, bos=tokenizer.add_bos)
             counts[split] = write_tokens(folder / f"{split}.bin", ids, tokenizer.eos_id, dtype)
         meta = {"dtype": dtype.name, "tokens": counts, "documents": {"train": len(train_docs), "val": len(val_docs)},
                 "skipped_empty": skipped, "fingerprint": folder.name}

@@ -67,7 +67,7 @@ class DPOModule(StageModule):
 
     Args:
         init_from: Policy's starting weights and tokenizer: a lit_llm `.ckpt` (usually the SFT run's last.ckpt)
-            or a Hugging Face Llama directory. Required.
+            or a Hugging Face directory or hub id. Required.
         ref_from: Reference model (same formats); default: the `init_from` weights.
         optim: Optimizer and schedule.
         beta: β, strength of the implicit KL penalty (the rewards are β·(log π − log π_ref)).

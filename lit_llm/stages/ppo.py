@@ -79,7 +79,7 @@ class PPOModule(StageModule):
 
     Args:
         init_from: Policy's starting weights and tokenizer: a lit_llm `.ckpt` (usually the SFT run's last.ckpt)
-            or a Hugging Face Llama directory. Required.
+            or a Hugging Face directory or hub id. Required.
         reward_from: A reward-stage checkpoint (`lit-llm fit --config configs/reward/tiny.yaml`), or "gold" for
             the task world's verifiable reward (1 for a correct answer, else 0; prompts need an `answer`).
         ref_from: Reference policy of the KL penalty (same formats as init_from); default: the init_from weights.

@@ -30,7 +30,7 @@ class PretrainLM(StageModule):
         optim: Optimizer and schedule.
         objective: "causal" (next-token prediction) or "masked" (BERT-style masked LM, bidirectional).
         mask_prob: Share of positions selected for prediction under the masked objective.
-        init_from: Continue pretraining from a lit_llm checkpoint or a Hugging Face Llama directory
+        init_from: Continue pretraining from a lit_llm checkpoint or a Hugging Face directory or hub id
             (its config and tokenizer win over `backbone` and the data module's tokenizer).
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
         max_new_tokens: Tokens `lit-llm predict` generates per prompt.
@@ -121,13 +121,13 @@ class PretrainLM(StageModule):
 
     def predict_step(self, batch: list[str], batch_idx: int) -> list[dict]:
         """Greedy completions of a batch of prompt strings (see `TextDataModule.predict_prompts`)."""
-        prompts = [self.tokenizer.encode(p, bos=self.tokenizer.bos_id is not None) for p in batch]
+        prompts = [self.tokenizer.encode(p, bos=self.tokenizer.add_bos) for p in batch]
         completions = generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens)
         return [{"prompt": p, "completion": c} for p, c in zip(batch, completions)]
 
     def render_question(self, prompt: str, system_prompt: str | None = None) -> list[int]:
         """A base model sees questions as the corpus shows them: a new document "Q: ...\\nA:"."""
-        return self.tokenizer.encode(f"Q: {prompt}\nA:", bos=self.tokenizer.bos_id is not None)
+        return self.tokenizer.encode(f"Q: {prompt}\nA:", bos=self.tokenizer.add_bos)
 
     def answer_stop_ids(self) -> list[int]:
-        return [self.tokenizer.eos_id]
+        return self.tokenizer.eos_ids()

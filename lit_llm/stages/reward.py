@@ -55,7 +55,7 @@ class RewardModule(StageModule):
 
     Args:
         init_from: Starting weights and tokenizer: a lit_llm `.ckpt` (usually the SFT run's last.ckpt; a reward
-            checkpoint also brings its head) or a Hugging Face Llama directory. Required.
+            checkpoint also brings its head) or a Hugging Face directory or hub id. Required.
         optim: Optimizer and schedule.
         center_coef: Weight of the reward-centring term (r_c + r_r)² (Eisenstein et al. 2023 use 0.01); 0 = off.
         stats_prompts: Training prompts whose responses give the reward's mean and std after training.

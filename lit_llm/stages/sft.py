@@ -5,7 +5,7 @@ The loss is next-token cross-entropy on the assistant's tokens only (the data mo
 and positions stay inside each example.
 
 The backbone and its tokenizer are loaded in `__init__` from `init_from` (a lit_llm checkpoint of any stage or a
-Hugging Face Llama directory), because the data module tokenizes with the model's tokenizer in its `setup`, which
+Hugging Face directory or hub id), because the data module tokenizes with the model's tokenizer in its `setup`, which
 Lightning runs before the module's `configure_model`. The MLflow run of the starting checkpoint becomes this run's
 parent (`lit_llm.parent_run_id`).
 
@@ -30,7 +30,7 @@ class SFTModule(StageModule):
 
     Args:
         init_from: Starting weights and tokenizer: a lit_llm `.ckpt` (e.g. the pretraining run's last.ckpt) or a
-            Hugging Face Llama directory. Required.
+            Hugging Face directory or hub id. Required.
         optim: Optimizer and schedule.
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
     """
