@@ -8,6 +8,7 @@ import torch
 from lit_llm.checkpoint import load_backbone
 from lit_llm.evaluation import generate_texts
 from lit_llm.hf import export_hf
+from lit_llm.hf.weights import DTYPES
 
 
 def generate_command(argv: list[str]) -> None:
@@ -15,7 +16,7 @@ def generate_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm generate", description=generate_command.__doc__)
     parser.add_argument("source", help="a lit_llm .ckpt of any stage, a Hugging Face directory, or a hub id "
                                        "(hf:Qwen/Qwen2.5-0.5B-Instruct)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES),
                         help="a Hugging Face model's dtype in memory (default: as stored)")
     parser.add_argument("--prompt", required=True, action="append",
                         help="prompt text; repeat the flag for a batch of prompts")
@@ -64,7 +65,7 @@ def export_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="lit-llm export", description=export_command.__doc__)
     parser.add_argument("checkpoint", help="a lit_llm .ckpt of any stage")
     parser.add_argument("out_dir", help="directory to write config.json, model.safetensors, tokenizer.json, ...")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES),
                         help="dtype of the written weights (default: the checkpoint's)")
     parser.add_argument("--max_shard_size", default=None, type=parse_size,
                         help="write shards of at most this size with model.safetensors.index.json (e.g. 5GB)")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lit_llm.checkpoint import load_backbone
+from lit_llm.hf.weights import DTYPES
 from lit_llm.losses import token_logprobs
 from lit_llm.model import Transformer
 
@@ -66,7 +67,7 @@ def perplexity_command(argv: list[str]) -> None:
     parser.add_argument("--stride", type=int, default=None, help="tokens a window advances (default: window / 2)")
     parser.add_argument("--max_tokens", type=int, default=None, help="score only the first N tokens of the file")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per forward (default 8)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES),
                         help="a Hugging Face model's dtype in memory (default: as stored)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
@@ -74,17 +75,19 @@ def perplexity_command(argv: list[str]) -> None:
     text_file = Path(args.text)
     if not text_file.is_file():
         raise SystemExit(f"lit-llm perplexity: --text {text_file}: no such file")
+    raw = text_file.read_bytes()
     loaded = load_backbone(args.source, dtype=args.dtype)
     model = loaded.model.to(args.device).eval()
-    ids = loaded.tokenizer.encode(text_file.read_text(encoding="utf-8"), bos=loaded.tokenizer.add_bos)
+    ids = loaded.tokenizer.encode(raw.decode("utf-8"), bos=loaded.tokenizer.add_bos)
     ids = ids[: args.max_tokens] if args.max_tokens else ids
     if len(ids) < 2:
         raise SystemExit(f"lit-llm perplexity: {text_file} has {len(ids)} token(s); at least 2 are needed")
     window = args.window or model.config.max_seq_len
     nll, count = text_nll(model, ids, window, args.stride or max(window // 2, 1), args.batch_size)
+    whole_file = args.max_tokens is None  # bits per byte only when every byte was scored
     result = {"source": str(args.source), "text": str(text_file), "tokens": count, "loss": nll / count,
-              "perplexity": math.exp(nll / count), "bits_per_byte": nll / math.log(2) / len(text_file.read_bytes())
-              if args.max_tokens is None else None, "window": window}
+              "perplexity": math.exp(nll / count), "window": window,
+              "bits_per_byte": nll / math.log(2) / len(raw) if whole_file else None}
     if args.json:
         print(json.dumps(result))
     else:

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from lit_llm.generation import generate  # noqa: E402
 from lit_llm.hf import export_hf, load_hf  # noqa: E402
+from tests.test_hf import randomize  # noqa: E402  (norm gains around 1, biases and matrices around 0)
 
 VOCAB = 97
 SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -27,16 +28,6 @@ FAMILIES = {  # name -> (config class, model class, config changes)
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=24, rope_theta=1000000.0)),  # head_dim != 64 / 4
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=6)),
 }
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights everywhere: norm gains around 1, biases and matrices around 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            base = 1.0 if "norm" in name else 0.0
-            p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def build(family: str, directory, dtype: torch.dtype = torch.float32):

@@ -16,14 +16,14 @@ import torch
 
 from lit_llm.hf.config import config_from_hf, config_to_hf, family_of
 from lit_llm.hf.hub import looks_like_hub_id, resolve_pretrained
-from lit_llm.hf.weights import dtype_of, hf_param_names, read_weights, write_weights
+from lit_llm.hf.weights import DTYPES, dtype_of, hf_param_names, read_weights, write_weights
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.rope import RotaryEmbedding
 from lit_llm.tokenizer import Tokenizer
 
 __all__ = ["config_from_hf", "config_to_hf", "export_hf", "family_of", "hf_param_names", "load_hf",
            "looks_like_hub_id", "resolve_pretrained"]
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def _token_ids(tokenizer: Tokenizer | None) -> tuple[dict, dict]:

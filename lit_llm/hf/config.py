@@ -87,8 +87,6 @@ def rope_scaling_to_hf(config: ModelConfig) -> dict | None:
         return None
     scaling = dict(config.rope_scaling)
     kind = scaling.pop("type")
-    if "original_max_position_embeddings" in scaling:
-        scaling["original_max_position_embeddings"] = int(scaling["original_max_position_embeddings"])
     return {"rope_type": kind, "type": kind, **scaling}  # "type" for older readers
 
 
