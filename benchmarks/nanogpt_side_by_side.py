@@ -57,9 +57,11 @@ class StepTimes(pl.Callback):
     def __init__(self) -> None:
         self.times: list[float] = []
         self._last: float | None = None
+        self.first: float | None = None  # when the first step ended (compilation included)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         now = time.perf_counter()
+        self.first = self.first or now
         if self._last is not None:
             self.times.append(now - self._last)
         self._last = now
@@ -98,8 +100,9 @@ def run_nanogpt(nanogpt: Path, dataset: str, steps: int, eval_interval: int, eva
     return {"step_times": times, "val_loss": val, "params": params}
 
 
-def train_ours(data: str, root: Path, steps: int, validate: bool) -> dict:
-    """One PretrainLM run of configs/pretrain/shakespeare.yaml in this process; step times and val-loss history."""
+def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False) -> dict:
+    """One PretrainLM run of configs/pretrain/shakespeare.yaml in this process; step times and val-loss history
+    (with `compile_blocks`, the blocks compiled by lit_llm.callbacks.Compile)."""
     args = ["--config", str(CONFIG), f"--data.init_args.source={data}", f"--trainer.max_steps={steps}",
             f"--model.init_args.backbone.d_ff={D_FF}",
             f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
@@ -107,21 +110,27 @@ def train_ours(data: str, root: Path, steps: int, validate: bool) -> dict:
             f"--data.init_args.cache_dir={REPO / 'data' / 'cache'}"]
     if not validate:
         args.append("--trainer.limit_val_batches=0")
+    if compile_blocks:
+        args.append("--trainer.callbacks+=lit_llm.callbacks.Compile")
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     cli = LitLLMCLI(args=args, run=False)
     timer = StepTimes()
     cli.trainer.callbacks.append(timer)
+    start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     run_id = cli.trainer.logger.run_id
     history = MlflowClient().get_metric_history(run_id, "val/loss")
     return {"step_times": timer.times[1:], "val_loss": {m.step: m.value for m in history},
+            "first_step_s": timer.first - start,
             "params": cli.model.model.num_params(), "mlflow_run_id": run_id}
 
 
-def run_ours(data: str, root: Path, steps: int, validate: bool) -> dict:
+def run_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False) -> dict:
     """`train_ours` in a fresh Python process, as nanoGPT runs, so neither inherits the other's state."""
     worker = [sys.executable, __file__, "--worker", str(root), "--data", data, "--speed-steps", str(steps)]
-    proc = subprocess.run(worker + (["--validate"] if validate else []), capture_output=True, text=True, check=True)
+    worker += ["--validate"] if validate else []
+    proc = subprocess.run(worker + (["--compile"] if compile_blocks else []), capture_output=True, text=True,
+                          check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["val_loss"] = {int(k): v for k, v in result["val_loss"].items()}
     return result
@@ -172,15 +181,22 @@ def tokens_per_s(step_times: list[float]) -> float:
 
 
 def speed_rounds(args: argparse.Namespace, dataset: str) -> list[dict]:
+    """nanoGPT then ours (then ours compiled, with --compile) per round; tokens/s, ratios and the load."""
     rows = []
     for r in range(args.rounds):
         nano = run_nanogpt(args.nanogpt, dataset, args.speed_steps, eval_interval=10**9, eval_iters=1)
         ours = run_ours(args.data, Path(f"/tmp/nanogpt_sbs/ours-speed-{r}"), args.speed_steps, validate=False)
         row = {"round": r, "nanogpt_tokens_per_s": tokens_per_s(nano["step_times"]),
-               "ours_tokens_per_s": tokens_per_s(ours["step_times"]), "load_avg": os.getloadavg()[0]}
+               "ours_tokens_per_s": tokens_per_s(ours["step_times"]), "ours_first_step_s": ours["first_step_s"]}
         row["ratio"] = row["ours_tokens_per_s"] / row["nanogpt_tokens_per_s"]
-        print(f"round {r}: nanoGPT {row['nanogpt_tokens_per_s']:.0f} tok/s, ours {row['ours_tokens_per_s']:.0f} "
-              f"tok/s, ratio {row['ratio']:.3f} (load {row['load_avg']:.2f})", flush=True)
+        if args.compile:
+            compiled = run_ours(args.data, Path(f"/tmp/nanogpt_sbs/ours-compiled-{r}"), args.speed_steps,
+                                validate=False, compile_blocks=True)
+            row["compiled_tokens_per_s"] = tokens_per_s(compiled["step_times"])
+            row["compiled_first_step_s"] = compiled["first_step_s"]
+            row["compiled_ratio"] = row["compiled_tokens_per_s"] / row["nanogpt_tokens_per_s"]
+        row["load_avg"] = os.getloadavg()[0]
+        print(f"round {r}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "round"), flush=True)
         rows.append(row)
     return rows
 
@@ -199,22 +215,27 @@ def main() -> None:
     p.add_argument("--out", default="nanogpt_side_by_side.json")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: one of our runs, JSON on stdout
     p.add_argument("--validate", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--compile", action="store_true",
+                   help="also time our run with compiled blocks (lit_llm.callbacks.Compile) in every round; "
+                        "nanoGPT runs as its README runs it on CPU (--compile=False)")
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(train_ours(args.data, args.worker, args.speed_steps, args.validate)))
+        print(json.dumps(train_ours(args.data, args.worker, args.speed_steps, args.validate, args.compile)))
         return
     if args.nanogpt is None:
         p.error("--nanogpt (a nanoGPT checkout) is required")
     result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "nanogpt_commit": args.nanogpt_commit,
+              "compile": args.compile,
               "load_avg_start": os.getloadavg()}
     if args.model_only_rounds:
         result["model_only"] = model_only_rounds(args.nanogpt, args.model_only_rounds)
     dataset = write_nanogpt_dataset(args.data, args.nanogpt)
-    result["speed"] = speed_rounds(args, dataset)
+    result["speed"] = speed_rounds(args, dataset) if args.rounds else []
     if args.loss_steps:
         result["loss"] = {"nanogpt": run_nanogpt(args.nanogpt, dataset, args.loss_steps, 250, args.eval_iters),
-                          "ours": run_ours(args.data, Path("/tmp/nanogpt_sbs/ours-loss"), args.loss_steps, True)}
+                          "ours": run_ours(args.data, Path("/tmp/nanogpt_sbs/ours-loss"), args.loss_steps, True,
+                                           args.compile)}
         for name in ("nanogpt", "ours"):
             print(name, "val loss", result["loss"][name]["val_loss"])
     result["load_avg_end"] = os.getloadavg()

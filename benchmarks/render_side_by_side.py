@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name (rendered on the machine that ran the benchmarks)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def load(path: str) -> dict:
@@ -24,22 +33,36 @@ def load_line(result: dict) -> str:
 
 def speed_section(result: dict) -> list[str]:
     rows = result["speed"]
-    ratios = [r["ratio"] for r in rows]
+    compiled = "compiled_tokens_per_s" in rows[0]
     lines = ["## Training speed: nanoGPT vs PretrainLM (A/B interleaved)", "",
              f"    python {result['command']}", "",
-             f"nanoGPT commit `{result['nanogpt_commit'][:12]}`; torch {result['torch']}, {result['threads']} threads; "
-             f"{load_line(result)}.", "",
-             "| round | nanoGPT tokens/s | lit_llm tokens/s | lit_llm / nanoGPT | load |",
-             "|---:|---:|---:|---:|---:|"]
+             f"nanoGPT commit `{result['nanogpt_commit'][:12]}` (run as its README runs it on a CPU: "
+             f"`--device=cpu --compile=False`); torch {result['torch']}, {result['threads']} threads; "
+             f"{load_line(result)}.", ""]
+    head = "| round | nanoGPT tokens/s | lit_llm tokens/s | lit_llm / nanoGPT |"
+    head += " lit_llm compiled tokens/s | compiled / nanoGPT |" if compiled else ""
+    lines += [head + " load |", "|---:" * (head.count("|") - 1 + 1) + "|"]
     for r in rows:
-        lines.append(f"| {r['round']} | {r['nanogpt_tokens_per_s']:,.0f} | {r['ours_tokens_per_s']:,.0f} | "
-                     f"{r['ratio']:.3f} | {r['load_avg']:.2f} |")
+        line = (f"| {r['round']} | {r['nanogpt_tokens_per_s']:,.0f} | {r['ours_tokens_per_s']:,.0f} | "
+                f"{r['ratio']:.3f} |")
+        if compiled:
+            line += f" {r['compiled_tokens_per_s']:,.0f} | {r['compiled_ratio']:.3f} |"
+        lines.append(line + f" {r['load_avg']:.2f} |")
+    lines += [""] + [ratio_line(rows, key, name) for key, name in
+                     (("ratio", "lit_llm / nanoGPT"), ("compiled_ratio", "lit_llm compiled / nanoGPT"))
+                     if key in rows[0]]
+    if compiled:
+        lines.append(f"Time from the start of `fit` to the end of the first step (median): eager "
+                     f"{statistics.median(r['ours_first_step_s'] for r in rows):.1f} s, compiled "
+                     f"{statistics.median(r['compiled_first_step_s'] for r in rows):.1f} s (compilation included).")
+    return lines + [""]
+
+
+def ratio_line(rows: list[dict], key: str, name: str) -> str:
+    ratios = [r[key] for r in rows]
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    lines += ["", f"**Median ratio lit_llm / nanoGPT: {statistics.median(ratios):.3f}** (quartiles {q[0]:.3f} – "
-              f"{q[2]:.3f}, {len(ratios)} rounds); medians of the per-round tokens/s: nanoGPT "
-              f"{statistics.median(r['nanogpt_tokens_per_s'] for r in rows):,.0f}, lit_llm "
-              f"{statistics.median(r['ours_tokens_per_s'] for r in rows):,.0f}.", ""]
-    return lines
+    return (f"**Median ratio {name}: {statistics.median(ratios):.3f}** (quartiles {q[0]:.3f} – {q[2]:.3f}, "
+            f"{len(ratios)} rounds).\n")
 
 
 def model_only_section(result: dict) -> list[str]:
@@ -99,7 +122,7 @@ def main() -> None:
     args = p.parse_args()
     lines = ["# Side by side with peers, on the same machine", "",
              "Written by `benchmarks/render_side_by_side.py` from the benchmarks' JSON output; the commands are "
-             "below each table. Machine: 2-core AMD EPYC virtual machine, CPU only.", ""]
+             f"below each table. Machine: {cpu_model()}, {os.cpu_count()} cores (virtual machine), CPU only.", ""]
     lines += speed_section(load(args.speed)) + model_only_section(load(args.model_only))
     lines += loss_section(load(args.loss))
     lines += generation_section(load(args.generation))

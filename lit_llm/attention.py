@@ -30,6 +30,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., dim) -> (..., dim) in x's dtype."""
+        if x.dtype == self.weight.dtype == torch.float32:  # one fused kernel, the same values as below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -106,10 +108,10 @@ class Attention(nn.Module):
     ) -> Tensor:
         """x: (B, T, d_model); mask: (B, 1, T, S) bool (True = may attend) or None -> (B, T, d_model)."""
         B, T, _ = x.shape
-        q, k = self._heads(self.wq(x), self.n_head), self._heads(self.wk(x), self.n_kv_head)
+        q, k = self.wq(x).view(B, T, self.n_head, -1), self.wk(x).view(B, T, self.n_kv_head, -1)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, *rope).transpose(1, 2), apply_rope(k, *rope).transpose(1, 2)
         v = self._heads(self.wv(x), self.n_kv_head)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, S, head_dim)

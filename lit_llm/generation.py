@@ -169,15 +169,19 @@ def _generate(
         dtype = next(model.parameters()).dtype
         cache = KVCache(model.config, B, total, device, dtype)
 
+    # Without left padding no mask is needed: the prompt takes SDPA's causal fast path and each new token may see
+    # every cached key. (Rows that finished keep running unmasked; their outputs are never read.)
+    padded = not bool(prompt_mask.bool().all())
     steps = 0
     for step in range(max_new_tokens):
         cur = T0 + step  # tokens[:, :cur] are known
+        step_mask = mask[:, :cur] if padded else None
         # only the last position's logits are needed: the LM head runs on it alone (not on the whole prompt)
         if cache is None:
-            hidden = model.hidden_states(tokens[:, :cur], attention_mask=mask[:, :cur])[:, -1]
+            hidden = model.hidden_states(tokens[:, :cur], attention_mask=step_mask)[:, -1]
         else:
             start = cache.length  # first step feeds the prompt, later steps only the newest token
-            hidden = model.hidden_states(tokens[:, start:cur], attention_mask=mask[:, :cur], kv_cache=cache)[:, -1]
+            hidden = model.hidden_states(tokens[:, start:cur], attention_mask=step_mask, kv_cache=cache)[:, -1]
         logits = model.lm_head(hidden).float()
         next_ids, next_logprobs = sample_next(logits, temperature, top_k, top_p, generator)
         active = ~done

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lit_llm.attention import Attention, KVCache, RMSNorm, build_attention_mask, default_position_ids
+from lit_llm.losses import IGNORE_INDEX, token_logprobs
 from lit_llm.rope import RotaryEmbedding, normalise_rope_scaling
 
 
@@ -268,6 +269,14 @@ class Transformer(nn.Module):
                 return None, False
             if past == 0:
                 return None, True  # SDPA fast path
+        if T == 1 and causal and doc_ids is None and window is None:  # a decode step: key padding is the mask
+            keys = attention_mask.bool().clone()
+            keys[:, -1] = True  # its own key, so a pad query never gets an all-False row
+            return keys[:, None, None, :], False
+        if past == 0 and causal and doc_ids is None and window is None and right_padded(attention_mask):
+            # Pads only after the real tokens: a causal query never sees a later pad, so the fast path gives the
+            # real positions the same outputs (pad positions get values nobody reads: losses mask them).
+            return None, True
         return build_attention_mask(T, past, attention_mask, doc_ids, causal, device, window), False
 
     def forward(
@@ -282,6 +291,24 @@ class Transformer(nn.Module):
         """Next-token logits (B, T, vocab_size) in float32. Arguments as in ``hidden_states``."""
         h = self.hidden_states(idx, attention_mask, position_ids, doc_ids, kv_cache, causal)
         return self.lm_head(h).float()
+
+    def target_logits(self, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Float32 logits (M, V) and target ids (M,) of the M positions whose target is not IGNORE_INDEX: the LM
+        head and the softmax run only where a loss reads them (SFT prompts and padding cost no vocabulary-sized
+        work). hidden: (B, T, d_model); targets: (B, T)."""
+        where = targets != IGNORE_INDEX
+        return self.lm_head(hidden[where]).float(), targets[where]
+
+    def target_logprobs(self, hidden: Tensor, targets: Tensor, chunk_rows: int = 4096) -> Tensor:
+        """(B, T) float32 log-probs of the targets, 0 where ignored; the head and log-softmax run on the target
+        positions only, `chunk_rows` at a time (without gradients only one chunk's (rows, V) logits is alive)."""
+        where = targets != IGNORE_INDEX
+        rows, ids = hidden[where], targets[where]
+        parts = [token_logprobs(self.lm_head(r).float(), t) for r, t in zip(rows.split(chunk_rows), ids.split(chunk_rows))]
+        out = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+        if parts:
+            out = out.masked_scatter(where, torch.cat(parts))
+        return out
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Number of (unique) parameters; tied weights count once.
@@ -312,6 +339,12 @@ class Transformer(nn.Module):
         T = c.max_seq_len if seq_len is None else seq_len
         n_matmul = self.num_params(exclude_embeddings=True) + c.d_model * c.vocab_size
         return float(6 * n_matmul + 12 * c.n_layer * c.n_head * c.head_dim * T)
+
+
+def right_padded(attention_mask: Tensor) -> bool:
+    """True when every row of the (B, T) mask is its real tokens followed by padding only (SFT, DPO, reward)."""
+    mask = attention_mask.bool()
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:

@@ -24,7 +24,8 @@ class OptimConfig:
         warmup_steps: Linear warmup from 0 to `lr` over this many optimizer steps.
         min_lr_ratio: The cosine decays to `lr * min_lr_ratio` at the last step.
         schedule: "cosine" (warmup then cosine decay) or "constant" (warmup then flat).
-        fused: Use the fused AdamW kernel when the parameters live on a GPU.
+        fused: Use the fused AdamW kernel (one kernel per step on CPU and GPU, ~10% faster training of the tiny
+            model on CPU than the default multi-tensor kernels; reports/side_by_side.md).
     """
 
     lr: float = 3e-4
@@ -59,13 +60,14 @@ def configure_adamw(model: nn.Module, config: OptimConfig, total_steps: int) -> 
     """Build AdamW and its per-step LambdaLR in the dict form `LightningModule.configure_optimizers` returns."""
     if config.schedule not in ("cosine", "constant"):
         raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {config.schedule!r}")
-    on_gpu = any(p.is_cuda for p in model.parameters())
+    # torch's fused kernel covers plain CPU and CUDA tensors (not sharded DTensors or other devices)
+    fusable = all(p.device.type in ("cpu", "cuda") and type(p) is nn.Parameter for p in model.parameters())
     optimizer = torch.optim.AdamW(
         param_groups(model, config.weight_decay),
         lr=config.lr,
         betas=tuple(config.betas),
         eps=config.eps,
-        fused=bool(config.fused and on_gpu) or None,
+        fused=bool(config.fused and fusable) or None,
     )
     # A functools.partial keeps the scheduler's state_dict free of pickled closures.
     factor = partial(

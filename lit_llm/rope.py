@@ -93,11 +93,11 @@ class RotaryEmbedding(nn.Module):
         return self._inv_freq(base).to(self.inv_freq.device)
 
     def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """position_ids: (B, T) -> cos, sin: (B, 1, T, head_dim) float32 (broadcast over heads)."""
+        """position_ids: (B, T) -> cos, sin: (B, T, 1, head_dim) float32 (broadcast over heads)."""
         inv_freq = self._dynamic_inv_freq(position_ids) if self.scaling_type == "dynamic" else self.inv_freq
         freqs = position_ids[..., None].float() * inv_freq  # (B, T, dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # rotate_half layout: first half pairs with second half
-        return emb.cos()[:, None], emb.sin()[:, None]
+        return emb.cos()[:, :, None], emb.sin()[:, :, None]
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -106,6 +106,9 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x: (B, H, T, head_dim) by the angles in cos/sin: (B, 1, T, head_dim); returns x's dtype."""
+    """Rotate x: (B, T, H, head_dim) by the angles in cos/sin: (B, T, 1, head_dim); returns x's dtype.
+
+    Heads second-to-last: the projections' output is already in this layout, so the elementwise kernels run on
+    contiguous memory (rotating after the (B, H, T) transpose is slower; the values are the same)."""
     x32 = x.float()
     return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)

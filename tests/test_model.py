@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from lit_llm.attention import KVCache, _doc_positions
+from lit_llm.attention import KVCache, _doc_positions, build_attention_mask, default_position_ids
+from lit_llm.losses import IGNORE_INDEX, token_logprobs
 from lit_llm.model import ModelConfig, ScalarHead, Transformer, last_token_index
 from lit_llm.rope import RotaryEmbedding, apply_rope
 
@@ -74,6 +75,25 @@ def test_padding_invariance(side, causal):
     out = model(batch, attention_mask=batch_mask, causal=causal)
     assert torch.isfinite(out).all()  # pad queries must not produce NaN
     torch.testing.assert_close(out[0, real], model(seq, causal=causal)[0], atol=ATOL, rtol=0)
+
+
+def test_right_padding_takes_the_causal_fast_path_with_the_same_outputs():
+    model = tiny_model()
+    x = ids(3, 9)
+    mask = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7])
+    assert model._mask(9, 0, mask, None, True, x.device) == (None, True)
+    explicit = build_attention_mask(9, 0, mask, None, True, x.device)
+    with torch.no_grad():
+        fast = model(x, attention_mask=mask)
+        h = model.embed(x)
+        rope = model.rope(default_position_ids(3, 9, 0, mask, None, x.device))
+        for i, block in enumerate(model.blocks):
+            h = block(h, rope, explicit, False, i)
+        masked = model.lm_head(model.norm(h))
+    real = mask.bool()
+    torch.testing.assert_close(fast[real], masked[real], atol=ATOL, rtol=0)
+    left = mask.flip(-1)  # left padding keeps the explicit mask
+    assert model._mask(9, 0, left, None, True, x.device)[0] is not None
 
 
 def test_packed_documents_are_isolated():
@@ -268,3 +288,19 @@ def test_activation_checkpointing_same_loss_and_grads(monkeypatch):
     torch.testing.assert_close(loss_ckpt, loss_ref)
     for g_ckpt, g_ref in zip(grads_ckpt, grads_ref):
         torch.testing.assert_close(g_ckpt, g_ref)
+
+
+def test_target_logprobs_equal_the_full_log_softmax_on_target_positions_only():
+    model = tiny_model()
+    x, mask = ids(3, 9), torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 4 + [0] * 5])
+    targets = ids(3, 9, seed=4).masked_fill(mask == 0, IGNORE_INDEX)
+    targets[:, :2] = IGNORE_INDEX  # a prompt
+    full = token_logprobs(model(x, attention_mask=mask), targets)
+    hidden = model.hidden_states(x, attention_mask=mask)
+    for chunk_rows in (4096, 5):  # one chunk, and several
+        torch.testing.assert_close(model.target_logprobs(hidden, targets, chunk_rows), full, atol=ATOL, rtol=0)
+    logits, kept = model.target_logits(hidden, targets)
+    assert logits.shape == (int((targets != IGNORE_INDEX).sum()), model.config.vocab_size)
+    assert kept.tolist() == targets[targets != IGNORE_INDEX].tolist()
+    model.target_logprobs(hidden, targets).sum().backward()  # gradients flow through the scatter
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lit_llm.losses import (IGNORE_INDEX, cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss,
-                            rpo_nll_loss, token_logprobs)
+                            rpo_nll_loss)
 from lit_llm.model import Transformer
 from lit_llm.optim import OptimConfig
 from lit_llm.stages.base import StageModule
@@ -74,7 +74,8 @@ class DPOModule(StageModule):
         loss_type: "sigmoid" (DPO), "cdpo" (label-smoothed DPO), "ipo" or "hinge" (SLiC).
         label_smoothing: cDPO's label-flip probability ε (loss_type "cdpo" only).
         rpo_alpha: Weight α of the NLL per chosen token (RPO); 0 = off.
-        precompute_ref_logprobs: Score all sequences with the reference once before training, then free it.
+        precompute_ref_logprobs: Score all sequences with the reference once before training, then free it
+            (default: the data of offline DPO does not change, so a forward per step would repeat the same work).
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
     """
 
@@ -89,7 +90,7 @@ class DPOModule(StageModule):
         loss_type: LossType = "sigmoid",
         label_smoothing: float = 0.0,
         rpo_alpha: float = 0.0,
-        precompute_ref_logprobs: bool = False,
+        precompute_ref_logprobs: bool = True,
         activation_checkpointing: bool = False,
     ) -> None:
         super().__init__(optim)
@@ -108,8 +109,8 @@ class DPOModule(StageModule):
     # ----------------------------------------------------------------------------------------- log-probs
     def sequence_logprobs(self, model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(N,) float32 sum of log-probs over each row's response targets, all rows in one forward pass."""
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])  # (N, T, V)
-        return token_logprobs(logits, batch["labels"]).sum(-1)
+        hidden = model.hidden_states(batch["input_ids"], attention_mask=batch["attention_mask"])  # (N, T, d)
+        return model.target_logprobs(hidden, batch["labels"]).sum(-1)  # the head on response positions only
 
     @torch.no_grad()
     def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

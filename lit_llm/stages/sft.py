@@ -50,10 +50,11 @@ class SFTModule(StageModule):
 
     def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss over the batch's target tokens, and the number of target tokens."""
-        logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                            doc_ids=batch.get("doc_ids"))  # (B, T, V)
+        hidden = self.model.hidden_states(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                          doc_ids=batch.get("doc_ids"))  # (B, T, d)
         labels = batch["labels"]  # (B, T), already shifted by the data module
-        return causal_lm_loss(logits, labels), (labels != IGNORE_INDEX).sum()
+        logits, targets = self.model.target_logits(hidden, labels)  # the head on response positions only
+        return causal_lm_loss(logits, targets), (labels != IGNORE_INDEX).sum()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, n_targets = self.forward_loss(batch)
