@@ -1,8 +1,9 @@
 """Write reports/side_by_side.md from the JSON files of the side-by-side benchmarks (never typed by hand).
 
-    python benchmarks/render_side_by_side.py --speed /tmp/sbs/speed7.json --model-only /tmp/sbs/model_only.json \
-        --loss /tmp/sbs/loss.json \
-        --generation /tmp/sbs/gen_vs_hf.json --out reports/side_by_side.md
+    python benchmarks/render_side_by_side.py --speed /tmp/sbs/speed.json --model-only /tmp/sbs/speed.json \
+        --loss /tmp/sbs/loss.json --generation /tmp/sbs/gen_vs_hf.json \
+        --dpo /tmp/sbs/dpo_vs_trl.json /tmp/sbs/dpo_vs_trl_precompute.json --startup /tmp/sbs/startup.json \
+        --notes benchmarks/side_by_side_notes.md --out reports/side_by_side.md
 """
 
 from __future__ import annotations
@@ -111,12 +112,50 @@ def generation_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def dpo_section(results: list[dict]) -> list[str]:
+    """One table row per mode (reference forward every step, precomputed reference log-probs)."""
+    first = results[0]
+    trl = first["versions"]["trl_env"]
+    lines = ["## DPO: lit_llm's DPOModule vs TRL's DPOTrainer (same model, same tokens, alternating processes)", ""]
+    lines += [f"    python {r['command'].split(' ', 1)[1]}" for r in results]  # the command without the python path
+    lines += ["", f"A random tiny Llama (the `tiny` preset) exported by `lit-llm export`'s code, the same 2,000 task-world "
+              f"pairs in file order, batch 16 pairs, max length 128, β 0.1, float32, constant LR, the same AdamW, "
+              f"clipping 1.0; TRL {trl['trl']} with transformers {trl['transformers']} in its own environment "
+              f"(torch {trl['torch']}); {first['threads']} torch thread per process; the first batch's tokens and a "
+              f"digest of all pairs are asserted equal, the first loss is ln 2 on both sides, and the losses agree at "
+              f"every step (largest difference in the column).", "",
+              "| reference log-probs | rounds | TRL pairs/s | lit_llm pairs/s | lit_llm ÷ TRL (median of rounds) | "
+              "reference precompute TRL / lit_llm | max loss difference | load |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        pre = r.get("median_precompute_s")
+        rounds = r["rounds"]
+        load = f"{min(x['trl_load_start'] for x in rounds):.2f}–{max(x['ours_load_end'] for x in rounds):.2f}"
+        pre_text = f"{pre['trl']:.1f} s / {pre['ours']:.1f} s" if pre else "–"
+        lines.append(f"| {'precomputed' if r['precompute'] else 'forward every step'} | {len(rounds)} | "
+                     f"{r['median_pairs_per_s']['trl']:.1f} | {r['median_pairs_per_s']['ours']:.1f} | "
+                     f"{r['median_ratio']:.2f}x | {pre_text} | {r['max_abs_loss_diff']:.1e} | {load} |")
+    return lines + [""]
+
+
+def startup_section(result: dict) -> list[str]:
+    lines = ["## Start-up: the CLI to its help, and `lit-llm fit` to the end of its first step", "",
+             f"    {result['command']}", "",
+             f"Fresh processes (imports, config, MLflow run, data, model, DPO's reference precompute, the sanity "
+             f"validation); median of {len(result['rows'][0]['seconds'])}; {load_line(result)}.", "",
+             "| command | median | all |", "|---|---:|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['case']} | {r['median_s']:.2f} s | {', '.join(f'{t:.2f}' for t in r['seconds'])} |")
+    return lines + [""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speed", required=True)
     p.add_argument("--model-only", required=True, help="JSON of a --model-only-rounds run")
     p.add_argument("--loss", required=True)
     p.add_argument("--generation", required=True)
+    p.add_argument("--dpo", nargs="*", default=[], help="JSON files of benchmarks/dpo_vs_trl.py (one per mode)")
+    p.add_argument("--startup", default=None, help="JSON of benchmarks/startup.py")
     p.add_argument("--notes", default=None, help="a markdown file appended as the report's discussion")
     p.add_argument("--out", default="reports/side_by_side.md")
     args = p.parse_args()
@@ -126,6 +165,10 @@ def main() -> None:
     lines += speed_section(load(args.speed)) + model_only_section(load(args.model_only))
     lines += loss_section(load(args.loss))
     lines += generation_section(load(args.generation))
+    if args.dpo:
+        lines += dpo_section([load(path) for path in args.dpo])
+    if args.startup:
+        lines += startup_section(load(args.startup))
     if args.notes:
         lines += [Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines))

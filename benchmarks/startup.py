@@ -1,0 +1,85 @@
+"""Start-up cost of the CLI: `lit-llm --help`, and `lit-llm fit` from the command line to the end of its first step.
+
+    python benchmarks/startup.py --pipeline-root runs/pipeline-tiny --rounds 3 --out /tmp/startup.json
+
+Each measurement is a fresh process (imports, config parsing, MLflow run creation, data setup, model loading, DPO's
+reference precompute, the sanity validation: everything a user waits for). The first step's end is recorded by the
+`FirstStep` callback below, added on the command line (`--trainer.callbacks+=startup.FirstStep`, with this folder on
+PYTHONPATH); the time counts from just before the process starts. SFT and DPO start from the pipeline's SFT
+checkpoint, DPO trains on its on-policy pairs; MLflow writes to a fresh sqlite file per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FirstStep(pl.Callback):
+    """Writes the wall-clock time at the end of the first training step to $FIRST_STEP_FILE."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        path = os.environ.get("FIRST_STEP_FILE")
+        if path and not os.path.exists(path):
+            Path(path).write_text(str(time.time()))
+
+
+def fit_args(stage: str, root: Path, work: Path) -> list[str]:
+    """`lit-llm fit` arguments of one tiny recipe, started from the pipeline's outputs, stopping after 2 steps."""
+    args = ["fit", "--config", str(REPO / "configs" / stage / "tiny.yaml"), "--trainer.max_steps=2",
+            f"--trainer.default_root_dir={work}", "--trainer.callbacks+=startup.FirstStep"]
+    if stage == "pretrain":
+        return args + [f"--data.init_args.source={root / 'prepare'}"]
+    args.append(f"--model.init_args.init_from={root / 'sft' / 'checkpoints' / 'last.ckpt'}")
+    if stage == "dpo":
+        args.append(f"--data.init_args.source={root / 'dpo-pairs' / 'pairs.jsonl'}")
+    return args
+
+
+def timed(args: list[str], first_step: bool) -> float:
+    """Seconds from launching `lit-llm ARGS` to its exit (--help) or to the end of its first training step."""
+    with tempfile.TemporaryDirectory() as work:
+        marker = Path(work) / "first_step"
+        env = {**os.environ, "FIRST_STEP_FILE": str(marker), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+        args = [a.replace("{work}", work) for a in args]
+        start = time.time()
+        subprocess.run([sys.executable, "-m", "lit_llm", *args], env=env, cwd=work, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return float(marker.read_text()) - start if first_step else time.time() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline-root", type=Path, required=True, help="a tiny pipeline's root (runs/pipeline-tiny)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default="startup.json")
+    args = p.parse_args()
+    root = args.pipeline_root.resolve()
+    cases = {"lit-llm --help": (["--help"], False)}
+    cases.update({f"lit-llm fit {stage} tiny, to the end of step 1": (fit_args(stage, root, Path("{work}") / "run"), True)
+                  for stage in ("pretrain", "sft", "dpo")})
+    result = {"command": "python " + " ".join(sys.argv), "load_avg_start": os.getloadavg(), "rows": []}
+    for name, (cli_args, first_step) in cases.items():
+        times = [timed(cli_args, first_step) for _ in range(args.rounds)]
+        result["rows"].append({"case": name, "seconds": times, "median_s": statistics.median(times)})
+        print(f"{name}: median {statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})", flush=True)
+    result["load_avg_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
