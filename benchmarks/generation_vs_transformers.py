@@ -4,9 +4,11 @@ A random-init backbone (default ~12M parameters, the `small` size of `lit-llm be
 `lit_llm.hf.export_hf` and loaded by `transformers.LlamaForCausalLM`. Both decode greedily from the same random
 prompts, with no eos, so every row generates exactly --new-tokens tokens, and the test asserts they choose the same
 tokens. tokens/s = batch × new tokens ÷ wall time of the whole call (prefill included); --rounds alternating
-(ours, theirs) pairs after one untimed warm-up each; the ratio is the median over rounds.
+(ours, theirs) pairs after one untimed warm-up each; the ratio is the median over rounds. With --compile each round
+also times ours with the compiled decode step (`generate(..., compile_backend="inductor")`); its first call per
+shape, which compiles, is timed apart.
 
-    python benchmarks/generation_vs_transformers.py --threads 1 --out /tmp/gen_vs_hf.json
+    python benchmarks/generation_vs_transformers.py --threads 1 --compile --out /tmp/gen_vs_hf.json
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from lit_llm.hf import export_hf
 from lit_llm.model import ModelConfig, Transformer
 
 
-def ours(model: Transformer, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    out = generate(model, prompts, torch.ones_like(prompts), new_tokens, temperature=0.0)
+def ours(model: Transformer, prompts: torch.Tensor, new_tokens: int, backend: str | None = None) -> torch.Tensor:
+    out = generate(model, prompts, torch.ones_like(prompts), new_tokens, temperature=0.0, compile_backend=backend)
     return out.response
 
 
@@ -54,6 +56,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true",
+                   help="also time ours with the decode step compiled (generate's compile_backend='inductor') each round")
     p.add_argument("--out", default="generation_vs_transformers.json")
     args = p.parse_args()
     if args.threads:
@@ -70,19 +74,30 @@ def main() -> None:
     for batch in args.batch_sizes:
         prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len))
         ours(model, prompts, 4), theirs(hf, prompts, 4)  # warm-up
+        if args.compile:  # the first call of a shape compiles the decode step: timed apart, not in the rounds
+            compile_s, _ = timed(ours, model, prompts, args.new_tokens, "inductor")
         rounds = []
         for _ in range(args.rounds):
             (t_ours, a), (t_hf, b) = timed(ours, model, prompts, args.new_tokens), timed(theirs, hf, prompts,
                                                                                        args.new_tokens)
             assert torch.equal(a, b), "greedy tokens differ between lit_llm and transformers"
             rounds.append({"ours_s": t_ours, "transformers_s": t_hf, "ratio": t_hf / t_ours})
+            if args.compile:
+                t_compiled, c = timed(ours, model, prompts, args.new_tokens, "inductor")
+                assert torch.equal(c, b), "greedy tokens differ between lit_llm compiled and transformers"
+                rounds[-1].update(compiled_s=t_compiled, compiled_ratio=t_hf / t_compiled)
         tokens = batch * args.new_tokens
         row = {"batch": batch, "rounds": rounds, "ratio_median": statistics.median(r["ratio"] for r in rounds),
                "ours_tokens_per_s": tokens / statistics.median(r["ours_s"] for r in rounds),
                "transformers_tokens_per_s": tokens / statistics.median(r["transformers_s"] for r in rounds)}
+        if args.compile:
+            row.update(compiled_ratio_median=statistics.median(r["compiled_ratio"] for r in rounds),
+                       compiled_tokens_per_s=tokens / statistics.median(r["compiled_s"] for r in rounds),
+                       first_compiled_call_s=compile_s)
         print(f"batch {batch}: ours {row['ours_tokens_per_s']:.1f} tok/s, transformers "
-              f"{row['transformers_tokens_per_s']:.1f} tok/s, ours/theirs speed {row['ratio_median']:.2f}x "
-              f"(same tokens)", flush=True)
+              f"{row['transformers_tokens_per_s']:.1f} tok/s, ours/theirs speed {row['ratio_median']:.2f}x"
+              + (f", ours compiled {row['compiled_ratio_median']:.2f}x" if args.compile else "") + " (same tokens)",
+              flush=True)
         result["rows"].append(row)
     result["load_avg_end"] = os.getloadavg()
     with open(args.out, "w") as f:

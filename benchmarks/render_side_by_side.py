@@ -98,17 +98,23 @@ def loss_section(result: dict) -> list[str]:
 
 
 def generation_section(result: dict) -> list[str]:
+    compiled = "compiled_ratio_median" in result["rows"][0]
     lines = ["## Generation: lit_llm's KV cache vs transformers' generate (same exported weights)", "",
              f"    {result['command']}", "",
              f"{result['params']:,}-parameter random backbone exported with `lit-llm export`'s code and loaded by "
              f"transformers {result['transformers']} (`LlamaForCausalLM`, SDPA attention); greedy, no eos; both "
              f"produced the same tokens in every round; torch {result['torch']}, {result['threads']} thread(s); "
              f"{load_line(result)}.", "",
-             "| batch | lit_llm tokens/s | transformers tokens/s | lit_llm speed ÷ transformers (median of rounds) |",
-             "|---:|---:|---:|---:|"]
+             "| batch | lit_llm tokens/s | transformers tokens/s | lit_llm speed ÷ transformers (median of rounds) |"
+             + " lit_llm compiled decode tokens/s | compiled ÷ transformers | first compiled call (compiles) |"
+             * compiled, "|---:" * (7 if compiled else 4) + "|"]
     for r in result["rows"]:
-        lines.append(f"| {r['batch']} | {r['ours_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} | "
-                     f"{r['ratio_median']:.2f}x |")
+        line = (f"| {r['batch']} | {r['ours_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} | "
+                f"{r['ratio_median']:.2f}x |")
+        if compiled:
+            line += (f" {r['compiled_tokens_per_s']:.1f} | {r['compiled_ratio_median']:.2f}x | "
+                     f"{r['first_compiled_call_s']:.1f} s |")
+        lines.append(line)
     return lines + [""]
 
 

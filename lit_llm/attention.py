@@ -77,6 +77,26 @@ class KVCache:
         self.length = 0
 
 
+class StaticKVCache(KVCache):
+    """A KVCache whose decode steps have fixed shapes, for a compiled decode step (`generation.generate`'s
+    `compile_backend`): a step writes its key/value at the position held in the tensor `slot` (index_copy, so the
+    position is data, not a Python int a compiled graph would specialise on) and attends over the whole buffer, the
+    unfilled positions hidden by the caller's key mask. The prompt is written the dynamic way (`update` with
+    `slot` None)."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device | str,
+                 dtype: torch.dtype) -> None:
+        super().__init__(config, batch_size, max_len, device, dtype)
+        self.slot: Tensor | None = None  # (1,) long: the position a decode step writes
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.slot is None:
+            return super().update(layer, k, v)
+        self.k[layer].index_copy_(2, self.slot, k)
+        self.v[layer].index_copy_(2, self.slot, v)
+        return self.k[layer], self.v[layer]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with RoPE and grouped-query KV heads, through F.scaled_dot_product_attention."""
 

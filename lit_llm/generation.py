@@ -11,13 +11,13 @@ Deliberate simplifications:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lit_llm.attention import KVCache
+from lit_llm.attention import KVCache, StaticKVCache
 from lit_llm.model import Transformer
 
 
@@ -109,6 +109,7 @@ def generate(
     pad_id: int = 0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    compile_backend: str | None = None,
 ) -> Generation:
     """Generate continuations for a batch of left-padded prompts.
 
@@ -124,6 +125,10 @@ def generate(
         pad_id: Id written into a row after it finished.
         generator: Random generator for reproducible sampling (must live on the model's device).
         use_cache: Use a KV cache; False recomputes the whole sequence each step (the correctness reference).
+        compile_backend: Run each decode step as one `torch.compile`d graph on this backend ("inductor": fused
+            kernels, needs a C++ compiler on CPU) over a static cache, so every step has the same shapes. It pays
+            for long generations only: the first call per (batch, prompt + new tokens) shape compiles (~20 s on a
+            CPU), and the values differ from eager ones in the last bits. None (default): eager steps.
 
     Returns:
         A ``Generation`` (see its docstring); N <= max_new_tokens columns (fewer when all rows stop early).
@@ -136,7 +141,7 @@ def generate(
         with torch.compiler.set_stance("force_eager"):
             return _generate(
                 model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, generator,
-                use_cache,
+                use_cache, compile_backend,
             )  # fmt: skip
     finally:
         model.train(was_training)
@@ -154,6 +159,7 @@ def _generate(
     pad_id: int,
     generator: torch.Generator | None,
     use_cache: bool,
+    compile_backend: str | None = None,
 ) -> Generation:
     B, T0 = prompt_ids.shape
     device = prompt_ids.device
@@ -167,7 +173,7 @@ def _generate(
     cache = None
     if use_cache:
         dtype = next(model.parameters()).dtype
-        cache = KVCache(model.config, B, total, device, dtype)
+        cache = (StaticKVCache if compile_backend else KVCache)(model.config, B, total, device, dtype)
 
     # Without left padding no mask is needed: the prompt takes SDPA's causal fast path and each new token may see
     # every cached key. (Rows that finished keep running unmasked; their outputs are never read.)
@@ -176,13 +182,16 @@ def _generate(
     for step in range(max_new_tokens):
         cur = T0 + step  # tokens[:, :cur] are known
         step_mask = mask[:, :cur] if padded else None
-        # only the last position's logits are needed: the LM head runs on it alone (not on the whole prompt)
-        if cache is None:
-            hidden = model.hidden_states(tokens[:, :cur], attention_mask=step_mask)[:, -1]
+        if isinstance(cache, StaticKVCache) and step > 0:
+            logits = static_step(model, tokens, mask, cache, cur, compile_backend)
         else:
-            start = cache.length  # first step feeds the prompt, later steps only the newest token
-            hidden = model.hidden_states(tokens[:, start:cur], attention_mask=step_mask, kv_cache=cache)[:, -1]
-        logits = model.lm_head(hidden).float()
+            # only the last position's logits are needed: the LM head runs on it alone (not on the whole prompt)
+            if cache is None:
+                hidden = model.hidden_states(tokens[:, :cur], attention_mask=step_mask)[:, -1]
+            else:
+                start = cache.length  # first step feeds the prompt, later steps only the newest token
+                hidden = model.hidden_states(tokens[:, start:cur], attention_mask=step_mask, kv_cache=cache)[:, -1]
+            logits = model.lm_head(hidden).float()
         next_ids, next_logprobs = sample_next(logits, temperature, top_k, top_p, generator)
         active = ~done
         tokens[:, cur] = torch.where(active, next_ids, torch.full_like(next_ids, pad_id))
@@ -201,3 +210,39 @@ def _generate(
         response_mask=mask[:, T0:end].bool(),
         attention_mask=mask[:, :end],
     )
+
+
+def decode_step(model: Transformer, token: Tensor, positions: Tensor, keys: Tensor, cache: StaticKVCache) -> Tensor:
+    """Next-token logits (B, V) float32 of one token per row over a static cache: token and positions (B, 1), keys
+    (B, S) bool, True where the new token may attend (its own slot included). The blocks are the model's own."""
+    x = model.embed(token)
+    rope = model.rope(positions)
+    mask = keys[:, None, None, :]
+    for i, block in enumerate(model.blocks):
+        x = block(x, rope, mask, False, i, cache)
+    return model.lm_head(model.norm(x)[:, -1]).float()
+
+
+_COMPILED: dict[str, Callable[..., Tensor]] = {}
+
+
+def static_step(model: Transformer, tokens: Tensor, mask: Tensor, cache: StaticKVCache, cur: int,
+                backend: str) -> Tensor:
+    """Feed tokens[:, cur - 1] (the newest) through the compiled `decode_step`; the same keys and positions as the
+    eager step: the filled real keys plus its own slot (and the sliding window), positions counted over real
+    tokens."""
+    if cache.slot is None:
+        cache.slot = torch.zeros(1, dtype=torch.long, device=tokens.device)
+    cache.slot.fill_(cur - 1)
+    keys = mask.bool()  # (B, S): positions at and after cur are still 0
+    keys[:, cur - 1] = True
+    window = model.config.sliding_window
+    if window is not None and cur > window:
+        keys[:, : cur - window] = False
+    positions = (mask[:, :cur].sum(-1, keepdim=True) - 1).clamp(min=0)
+    if backend not in _COMPILED:
+        _COMPILED[backend] = torch.compile(decode_step, backend=backend, dynamic=False)
+    with torch.compiler.set_stance("default"):  # generate() runs training-compiled blocks eagerly
+        logits = _COMPILED[backend](model, tokens[:, cur - 1 : cur], positions, keys, cache)
+    cache.advance(1)
+    return logits
