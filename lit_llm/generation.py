@@ -127,8 +127,8 @@ def generate(
         use_cache: Use a KV cache; False recomputes the whole sequence each step (the correctness reference).
         compile_backend: Run each decode step as one `torch.compile`d graph on this backend ("inductor": fused
             kernels, needs a C++ compiler on CPU) over a static cache, so every step has the same shapes. It pays
-            for long generations only: the first call per (batch, prompt + new tokens) shape compiles (~20 s on a
-            CPU), and the values differ from eager ones in the last bits. None (default): eager steps.
+            for long generations only: the first call per (batch, prompt + new tokens) shape compiles (~10-20 s on
+            a CPU), and the values differ from eager ones in the last bits. None (default): eager steps.
 
     Returns:
         A ``Generation`` (see its docstring); N <= max_new_tokens columns (fewer when all rows stop early).
