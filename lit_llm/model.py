@@ -304,7 +304,8 @@ class Transformer(nn.Module):
         positions only, `chunk_rows` at a time (without gradients only one chunk's (rows, V) logits is alive)."""
         where = targets != IGNORE_INDEX
         rows, ids = hidden[where], targets[where]
-        parts = [token_logprobs(self.lm_head(r).float(), t) for r, t in zip(rows.split(chunk_rows), ids.split(chunk_rows))]
+        chunks = zip(rows.split(chunk_rows), ids.split(chunk_rows))
+        parts = [token_logprobs(self.lm_head(r).float(), t) for r, t in chunks]
         out = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
         if parts:
             out = out.masked_scatter(where, torch.cat(parts))
