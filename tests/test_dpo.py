@@ -114,6 +114,10 @@ def test_micro_dpo_run_through_the_cli_keeps_the_reference_out_of_the_checkpoint
     client = MlflowClient(mlflow_db)
     run = client.get_run(checkpoint["lit_llm"]["mlflow_run_id"])
     assert run.data.tags["lit_llm.stage"] == "dpo"
+    n_policy = sum(read_checkpoint(ckpt(tiny_pretrain))["state_dict"][k].numel() for k in policy_keys
+                   if k != "model.lm_head.weight")  # tied to the embedding: counted once
+    assert run.data.params["model/trainable_params"] == str(n_policy)  # the frozen reference is not the module's
+    assert run.data.params["model/trainable_share"] == "1.0"
     assert run.data.tags["lit_llm.parent_run_id"] == read_checkpoint(ckpt(tiny_pretrain))["lit_llm"]["mlflow_run_id"]
     for name in ("train/loss", "train/reward_margin", "train/reward_accuracy", "train/logps_chosen",
                  "val/loss", "val/rewards_chosen", "val/reward_accuracy", "val/gold_accuracy"):

@@ -39,6 +39,9 @@ def test_mlflow_run_has_tags_params_config_metrics_and_samples(tiny_pretrain: Pa
     assert "lit_llm.git_sha" in tags and "lit_llm.version.torch" in tags
     assert params["model.init_args.backbone.n_layer"] == "2"
     assert params["data.init_args.source"] == "tasks"
+    assert params["model/trainable_share"] == "1.0"  # full training: every parameter
+    n_params = sum(v.numel() for v in torch.load(last_ckpt(tiny_pretrain), weights_only=True)["state_dict"].values())
+    assert int(params["model/trainable_params"]) <= n_params  # tied embedding/head counted once
     for name in ("train/loss", "val/loss", "val/ppl", "val/gold_accuracy", "train/tokens_per_s"):
         assert name in metrics, name
     assert metrics["val/ppl"] == pytest.approx(torch.tensor(metrics["val/loss"]).exp().item(), rel=0.05)

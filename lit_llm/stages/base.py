@@ -144,6 +144,8 @@ class StageModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------- randomness
     def on_fit_start(self) -> None:
         self.base_seed = torch.initial_seed()  # the run's seed (seed_everything), before any per-batch reseeding
+        for logger in self.loggers:
+            logger.log_hyperparams(trainable_params(self))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed the global RNG (dropout, masking) from (run seed, rank, epoch, batch): training randomness is then
@@ -185,3 +187,12 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     """`key: checkpoint X, this run Y` for every model-config field that differs."""
     return [f"{key}: checkpoint {saved.get(key)!r}, this run {current.get(key)!r}"
             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def trainable_params(module: nn.Module) -> dict[str, float]:
+    """`model/trainable_params` (what the optimizer updates) and `model/trainable_share` (of all the module's
+    parameters; frozen reference and reward models are not the module's): 1.0 in full fine-tuning."""
+    params = list(module.parameters())  # unique: tied weights count once
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(p.numel() for p in params)
+    return {"model/trainable_params": trainable, "model/trainable_share": round(trainable / max(total, 1), 6)}
