@@ -1,9 +1,10 @@
 """Attention: multi-head self-attention with grouped-query KV heads through `scaled_dot_product_attention`, the
-masks and positions for padded, packed and cached batches, and the KV cache of incremental decoding.
+masks and positions for padded, packed and cached batches, and the KV caches of incremental decoding.
 
-Deliberate simplifications: attention masks are materialised as a boolean (B, 1, T, S) tensor whenever padding,
-packed documents, a KV cache or a sliding window shorter than the keys are involved; the `is_causal` SDPA fast path
-is used otherwise. Packed documents (`doc_ids`) are not supported together with a KV cache.
+Deliberate simplifications: attention masks are materialised as a boolean (B, 1, T, S) tensor whenever left
+padding, packed documents, a KV cache or a sliding window shorter than the keys are involved (a single decode step
+gets just its key-padding row); right-padded and unpadded batches take the `is_causal` SDPA fast path
+(`Transformer._mask` chooses). Packed documents (`doc_ids`) are not supported together with a KV cache.
 """
 
 from __future__ import annotations
