@@ -46,6 +46,8 @@ def theirs(model: LlamaForCausalLM, prompts: torch.Tensor, new_tokens: int) -> t
 def timed(fn, *args) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     tokens = fn(*args)
+    if tokens.is_cuda:
+        torch.cuda.synchronize()  # kernels run asynchronously: wait for them before reading the clock
     return time.perf_counter() - start, tokens
 
 
@@ -56,6 +58,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (float32 on both)")
     p.add_argument("--compile", action="store_true",
                    help="also time ours with the decode step compiled (generate's compile_backend='inductor') each round")
     p.add_argument("--out", default="generation_vs_transformers.json")
@@ -68,11 +71,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         export_hf(model, None, folder)
         hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa").eval()
+    model, hf = model.to(args.device), hf.to(args.device)
     result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "params": model.num_params(),
+              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "transformers": transformers.__version__, "load_avg_start": os.getloadavg(), "rows": []}
     for batch in args.batch_sizes:
-        prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len))
+        prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len)).to(args.device)
         ours(model, prompts, 4), theirs(hf, prompts, 4)  # warm-up
         if args.compile:  # the first call of a shape compiles the decode step: timed apart, not in the rounds
             compile_s, _ = timed(ours, model, prompts, args.new_tokens, "inductor")

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The speed issue's GPU checks in one run, for a lent GPU machine (results into $OUT, default out/gpu_checks):
+#   1. lit-llm bench on CUDA in bf16 (matmul peak, training tokens/s and MFU of tiny, small and gpt2-124m,
+#      KV-cache generation, DPO/PPO steps)            -> bench.json, performance_gpu.md
+#   2. our generation against transformers' generate on the GPU, eager and with the compiled decode step
+#                                                       -> gen_vs_hf.json
+#   3. a 1-GPU FSDP run of the tiny recipe: a sharded checkpoint at step 100, then resumed from it to step 150
+#                                                       -> fsdp/
+#   4. the tinystories_hh recipe's configs (pretrain, SFT, reward, DPO at their GPU sizes) for $STEPS steps each,
+#      on the task world as stand-in data (no hub access assumed)   -> tinystories_hh/
+# Every command's output is in $OUT/log.txt; the script stops at the first failure.
+#
+#   bash scripts/gpu_checks.sh                      # on the GPU machine (about 8 minutes on an H100)
+#   DEVICE=cpu QUICK=1 bash scripts/gpu_checks.sh   # a dry run of the same commands on a CPU (FSDP skipped: Lightning
+#                                                   # refuses it on a CPU), to check them before spending GPU time
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu_checks}
+DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-300}
+QUICK=${QUICK:-0}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export MLFLOW_TRACKING_URI="sqlite:///$PWD/$OUT/mlflow.db"
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi || true
+  accelerator=gpu; precision=bf16-mixed
+else
+  accelerator=cpu; precision=32-true
+fi
+step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
+
+step "1. lit-llm bench ($DEVICE)"
+if [ "$QUICK" = 1 ]; then
+  lit-llm bench --device "$DEVICE" --quick --out "$OUT/bench.json" --report "$OUT/performance_gpu.md"
+else
+  lit-llm bench --device "$DEVICE" --dtype bfloat16 --sizes tiny,small,gpt2-124m --out "$OUT/bench.json" \
+    --report "$OUT/performance_gpu.md"
+fi
+
+step "2. generation against transformers ($DEVICE)"
+rounds=$([ "$QUICK" = 1 ] && echo 1 || echo 5)
+new_tokens=$([ "$QUICK" = 1 ] && echo 8 || echo 128)
+python benchmarks/generation_vs_transformers.py --device "$DEVICE" --rounds "$rounds" --new-tokens "$new_tokens" \
+  --compile --out "$OUT/gen_vs_hf.json"
+
+step "3. FSDP on one GPU: sharded checkpoint at step 100, resumed to 150"
+if [ "$DEVICE" = cuda ]; then
+  fsdp=(--config configs/pretrain/tiny.yaml --config configs/strategy/fsdp.yaml --trainer.devices=1
+        "--trainer.default_root_dir=$OUT/fsdp" --trainer.logger.init_args.experiment_name=gpu-checks)
+  lit-llm fit "${fsdp[@]}" --trainer.max_steps=100
+  test -d "$OUT/fsdp/checkpoints/last.ckpt"  # a directory of shards
+  lit-llm fit "${fsdp[@]}" --trainer.max_steps=150 --ckpt_path=last
+else
+  echo "skipped on $DEVICE"
+fi
+
+steps=$([ "$QUICK" = 1 ] && echo 3 || echo "$STEPS")
+step "4. tinystories_hh configs, $steps steps each, task-world stand-in data"
+root="$OUT/tinystories_hh"
+common=(--trainer.max_steps="$steps" --trainer.val_check_interval="$steps" --trainer.accelerator="$accelerator"
+        --trainer.precision="$precision" --trainer.logger.init_args.experiment_name=gpu-checks)
+lit-llm fit --config configs/pretrain/tinystories.yaml "${common[@]}" --trainer.default_root_dir="$root/pretrain" \
+  --data.init_args.source=tasks --data.init_args.num_workers=0 --data.init_args.val_samples=64
+lit-llm fit --config configs/sft/alpaca_52k.yaml "${common[@]}" --trainer.default_root_dir="$root/sft" \
+  --model.init_args.init_from="$root/pretrain/checkpoints/last.ckpt" --data.init_args.source=tasks
+for stage in reward dpo; do
+  lit-llm fit --config "configs/$stage/hh.yaml" "${common[@]}" --trainer.default_root_dir="$root/$stage" \
+    --model.init_args.init_from="$root/sft/checkpoints/last.ckpt" --data.init_args.source=tasks
+done
+step "done: results in $OUT"
