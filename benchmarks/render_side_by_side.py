@@ -42,7 +42,7 @@ def speed_section(result: dict) -> list[str]:
              f"{load_line(result)}.", ""]
     head = "| round | nanoGPT tokens/s | lit_llm tokens/s | lit_llm / nanoGPT |"
     head += " lit_llm compiled tokens/s | compiled / nanoGPT |" if compiled else ""
-    lines += [head + " load |", "|---:" * (head.count("|") - 1 + 1) + "|"]
+    lines += [head + " load |", "|---:" * head.count("|") + "|"]  # the head's columns and the load
     for r in rows:
         line = (f"| {r['round']} | {r['nanogpt_tokens_per_s']:,.0f} | {r['ours_tokens_per_s']:,.0f} | "
                 f"{r['ratio']:.3f} |")

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -35,10 +37,10 @@ class FirstStep(pl.Callback):
             Path(path).write_text(str(time.time()))
 
 
-def fit_args(stage: str, root: Path, work: Path) -> list[str]:
+def fit_args(stage: str, root: Path, work: str) -> list[str]:
     """`lit-llm fit` arguments of one tiny recipe, started from the pipeline's outputs, stopping after 2 steps."""
     args = ["fit", "--config", str(REPO / "configs" / stage / "tiny.yaml"), "--trainer.max_steps=2",
-            f"--trainer.default_root_dir={work}", "--trainer.callbacks+=startup.FirstStep"]
+            f"--trainer.default_root_dir={work}/run", "--trainer.callbacks+=startup.FirstStep"]
     if stage == "pretrain":
         return args + [f"--data.init_args.source={root / 'prepare'}"]
     args.append(f"--model.init_args.init_from={root / 'sft' / 'checkpoints' / 'last.ckpt'}")
@@ -47,15 +49,15 @@ def fit_args(stage: str, root: Path, work: Path) -> list[str]:
     return args
 
 
-def timed(args: list[str], first_step: bool) -> float:
-    """Seconds from launching `lit-llm ARGS` to its exit (--help) or to the end of its first training step."""
+def timed(args_in: Callable[[str], list[str]], first_step: bool) -> float:
+    """Seconds from launching `lit-llm ARGS` (ARGS given the run's fresh work folder) to its exit (--help) or to the
+    end of its first training step."""
     with tempfile.TemporaryDirectory() as work:
         marker = Path(work) / "first_step"
         env = {**os.environ, "FIRST_STEP_FILE": str(marker), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
                "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-        args = [a.replace("{work}", work) for a in args]
         start = time.time()
-        subprocess.run([sys.executable, "-m", "lit_llm", *args], env=env, cwd=work, check=True,
+        subprocess.run([sys.executable, "-m", "lit_llm", *args_in(work)], env=env, cwd=work, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return float(marker.read_text()) - start if first_step else time.time() - start
 
@@ -68,8 +70,8 @@ def main() -> None:
     p.add_argument("--out", default="startup.json")
     args = p.parse_args()
     root = args.pipeline_root.resolve()
-    cases = {"lit-llm --help": (["--help"], False)}
-    cases.update({f"lit-llm fit {stage} tiny, to the end of step 1": (fit_args(stage, root, Path("{work}") / "run"), True)
+    cases = {"lit-llm --help": (lambda work: ["--help"], False)}
+    cases.update({f"lit-llm fit {stage} tiny, to the end of step 1": (partial(fit_args, stage, root), True)
                   for stage in ("pretrain", "sft", "dpo")})
     result = {"command": "python " + " ".join(sys.argv), "load_avg_start": os.getloadavg(), "rows": []}
     for name, (cli_args, first_step) in cases.items():

@@ -88,7 +88,13 @@ class StaticKVCache(KVCache):
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device | str,
                  dtype: torch.dtype) -> None:
         super().__init__(config, batch_size, max_len, device, dtype)
-        self.slot: Tensor | None = None  # (1,) long: the position a decode step writes
+        self.slot: Tensor | None = None  # (1,) long: the position a decode step writes; None while prefilling
+
+    def at(self, position: int) -> None:
+        """The next `update`s (one decode step) write at `position`."""
+        if self.slot is None:
+            self.slot = torch.zeros(1, dtype=torch.long, device=self.k[0].device)
+        self.slot.fill_(position)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.slot is None:
@@ -169,6 +175,17 @@ def default_position_ids(
         pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): pads do not advance positions
         return pos[:, -T:]
     return torch.arange(past, past + T, device=device).expand(B, T)
+
+
+def decode_key_mask(attention_mask: Tensor, window: int | None) -> Tensor:
+    """(B, S) bool: the keys one new query (the last of the S positions) may attend. The real keys of the
+    (B, S) mask, its own key (so a pad query never gets an all-False row) and, with a sliding window, only the last
+    `window` slots, counted as `build_attention_mask` counts them."""
+    keys = attention_mask.bool().clone()
+    keys[:, -1] = True
+    if window is not None and keys.shape[1] > window:
+        keys[:, : keys.shape[1] - window] = False
+    return keys
 
 
 def build_attention_mask(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lit_llm.attention import KVCache, StaticKVCache
+from lit_llm.attention import KVCache, StaticKVCache, decode_key_mask, default_position_ids
 from lit_llm.model import Transformer
 
 
@@ -228,18 +228,12 @@ _COMPILED: dict[str, Callable[..., Tensor]] = {}
 
 def static_step(model: Transformer, tokens: Tensor, mask: Tensor, cache: StaticKVCache, cur: int,
                 backend: str) -> Tensor:
-    """Feed tokens[:, cur - 1] (the newest) through the compiled `decode_step`; the same keys and positions as the
-    eager step: the filled real keys plus its own slot (and the sliding window), positions counted over real
-    tokens."""
-    if cache.slot is None:
-        cache.slot = torch.zeros(1, dtype=torch.long, device=tokens.device)
-    cache.slot.fill_(cur - 1)
-    keys = mask.bool()  # (B, S): positions at and after cur are still 0
-    keys[:, cur - 1] = True
-    window = model.config.sliding_window
-    if window is not None and cur > window:
-        keys[:, : cur - window] = False
-    positions = (mask[:, :cur].sum(-1, keepdim=True) - 1).clamp(min=0)
+    """Feed tokens[:, cur - 1] (the newest) through the compiled `decode_step`, with the eager step's keys and
+    positions; the keys are widened to the whole static buffer, the slots not yet written hidden."""
+    cache.at(cur - 1)
+    keys = torch.zeros_like(mask, dtype=torch.bool)  # (B, S)
+    keys[:, :cur] = decode_key_mask(mask[:, :cur], model.config.sliding_window)
+    positions = default_position_ids(mask.shape[0], 1, cur - 1, mask[:, :cur], None, mask.device)
     if backend not in _COMPILED:
         _COMPILED[backend] = torch.compile(decode_step, backend=backend, dynamic=False)
     with torch.compiler.set_stance("default"):  # generate() runs training-compiled blocks eagerly

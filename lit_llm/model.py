@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_llm.attention import Attention, KVCache, RMSNorm, build_attention_mask, default_position_ids
+from lit_llm.attention import (Attention, KVCache, RMSNorm, build_attention_mask, decode_key_mask,
+                               default_position_ids)
 from lit_llm.losses import IGNORE_INDEX, token_logprobs
 from lit_llm.rope import RotaryEmbedding, normalise_rope_scaling
 
@@ -269,10 +270,8 @@ class Transformer(nn.Module):
                 return None, False
             if past == 0:
                 return None, True  # SDPA fast path
-        if T == 1 and causal and doc_ids is None and window is None:  # a decode step: key padding is the mask
-            keys = attention_mask.bool().clone()
-            keys[:, -1] = True  # its own key, so a pad query never gets an all-False row
-            return keys[:, None, None, :], False
+        if T == 1 and causal and doc_ids is None and attention_mask is not None:  # a decode step
+            return decode_key_mask(attention_mask, window)[:, None, None, :], False
         if past == 0 and causal and doc_ids is None and window is None and right_padded(attention_mask):
             # Pads only after the real tokens: a causal query never sees a later pad, so the fast path gives the
             # real positions the same outputs (pad positions get values nobody reads: losses mask them).
