@@ -5,9 +5,11 @@ Python values (stage name, model config, tokenizer JSON, MLflow run id), so ever
 `torch.load(weights_only=True)` and no checkpoint can execute code when loaded.
 
 `load_backbone` is the one entry point the later stages, `generate` and `export` use to get a model and its
-tokenizer from either one of our checkpoints or a Hugging Face directory or hub id.
+tokenizer from either one of our checkpoints or a Hugging Face directory or hub id. A LoRA checkpoint (adapters
+and heads only) is loaded onto its recorded base, checked by digest, and merged (`load_adapted`).
 """
 
+import dataclasses
 import io
 import os
 import pickle
@@ -26,6 +28,7 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from lit_llm.hf import load_hf, looks_like_hub_id, resolve_pretrained
+from lit_llm.lora import LoRAConfig, apply_lora, is_adapter_key, merge_adapters, weights_digest
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.tokenizer import Tokenizer
 
@@ -350,11 +353,36 @@ def load_backbone(source: str | Path, prefix: str = "model.", dtype: str | torch
     source = Path(source)
     checkpoint = read_checkpoint(source)
     meta = checkpoint_stage_meta(checkpoint, source)
-    model = Transformer(ModelConfig.from_dict(meta["model_config"]))
     state = checkpoint["state_dict"]
+    tokenizer = Tokenizer.from_json(meta["tokenizer"])
+    if "lora" in meta:  # adapters only: onto their base, merged
+        model = merge_adapters(load_adapted(source, meta, state, prefix))
+        return LoadedModel(model, tokenizer, meta["stage"], meta.get("mlflow_run_id"), meta, state)
+    model = Transformer(ModelConfig.from_dict(meta["model_config"]))
     missing, unexpected = model.load_state_dict(backbone_state(state, prefix), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
     if missing:
         raise ValueError(f"{source}: backbone weights missing from the checkpoint: {missing[:5]}")
-    tokenizer = Tokenizer.from_json(meta["tokenizer"])
     return LoadedModel(model, tokenizer, meta["stage"], meta.get("mlflow_run_id"), meta, state)
+
+
+def load_adapted(source: Path, meta: dict, state: dict[str, torch.Tensor], prefix: str = "model.") -> Transformer:
+    """The backbone of a LoRA checkpoint with its adapters (not merged): its base loaded from where the run took
+    it and refused unless its weights are the ones the adapters were trained on (same sha256)."""
+    base_info = meta["lora"]["bases"].get(prefix.rstrip("."))
+    if base_info is None:
+        raise ValueError(f"{source}: a LoRA checkpoint without a recorded base for {prefix.rstrip('.')!r}")
+    base = load_backbone(base_info["source"], dtype="float32").model  # the dtype the stage trained on
+    digest = weights_digest(base)
+    if digest != base_info["sha256"]:
+        raise ValueError(f"{source}: its LoRA base {base_info['source']} is not the model the adapters were "
+                         f"trained on (sha256 {digest[:12]}, trained on {base_info['sha256'][:12]}); restore that "
+                         f"base, or merge before replacing it (lit-llm export)")
+    config = LoRAConfig(**meta["lora"]["config"])
+    apply_lora(base, dataclasses.replace(config, quantize_base=False))  # QLoRA adapters merge into full precision
+    adapters = {k: v for k, v in backbone_state(state, prefix).items() if is_adapter_key(k)}
+    missing = sorted({k for k in base.state_dict() if is_adapter_key(k)} - set(adapters))
+    if missing:
+        raise ValueError(f"{source}: LoRA weights missing from the checkpoint: {missing[:5]}")
+    base.load_state_dict(adapters, strict=False)
+    return base

@@ -2,13 +2,16 @@
 `lit-llm export` (a checkpoint as a Hugging Face directory of its family)."""
 
 import argparse
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from lit_llm.checkpoint import load_backbone
+from lit_llm.checkpoint import backbone_state, checkpoint_stage_meta, load_backbone, read_checkpoint
 from lit_llm.evaluation import generate_texts
 from lit_llm.hf import export_hf
-from lit_llm.hf.weights import DTYPES
+from lit_llm.hf.weights import DTYPES, dtype_of, readable_like_the_rest
+from lit_llm.lora import LoRAConfig, adapter_config_hf, adapter_state_hf
 
 
 def generate_command(argv: list[str]) -> None:
@@ -69,7 +72,33 @@ def export_command(argv: list[str]) -> None:
                         help="dtype of the written weights (default: the checkpoint's)")
     parser.add_argument("--max_shard_size", default=None, type=parse_size,
                         help="write shards of at most this size with model.safetensors.index.json (e.g. 5GB)")
+    parser.add_argument("--adapter_only", action="store_true",
+                        help="of a LoRA checkpoint, write only its adapters as a peft adapter folder "
+                             "(peft.PeftModel.from_pretrained on the exported base); default: merge them")
     args = parser.parse_args(argv)
-    loaded = load_backbone(args.checkpoint)
+    if args.adapter_only:
+        return export_adapter(args.checkpoint, args.out_dir, args.dtype)
+    loaded = load_backbone(args.checkpoint)  # a LoRA checkpoint comes back merged onto its base
     export_hf(loaded.model, loaded.tokenizer, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
     print(f"wrote {args.out_dir} (stage {loaded.stage}, {loaded.model.num_params():,} parameters)")
+
+
+def export_adapter(checkpoint_path: str, out_dir: str, dtype: str | None) -> None:
+    """Write a LoRA checkpoint's adapters as a peft adapter folder: adapter_config.json (Hugging Face module
+    names, the base's source as `base_model_name_or_path`) and adapter_model.safetensors."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    meta = checkpoint_stage_meta(checkpoint, checkpoint_path)
+    if "lora" not in meta:
+        raise ValueError(f"{checkpoint_path} was trained without LoRA: it has no adapters (export it without "
+                         f"--adapter_only)")
+    base = meta["lora"]["bases"]["model"]["source"]
+    tensors = adapter_state_hf(backbone_state(checkpoint["state_dict"]))
+    if dtype is not None:
+        tensors = {name: tensor.to(dtype_of(dtype)) for name, tensor in tensors.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter_config_hf(LoRAConfig(**meta["lora"]["config"]), base).save_pretrained(str(out))
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    readable_like_the_rest(out / "adapter_model.safetensors")
+    print(f"wrote {out_dir}: {len(tensors)} adapter tensors of the base {base}; load them with "
+          f"peft.PeftModel.from_pretrained(<that base exported with lit-llm export>, {out_dir!r})")

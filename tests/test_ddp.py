@@ -22,6 +22,8 @@ from tests.test_ppo import PPO_TINY, ckpt, metrics_of, micro_ppo_args
 from tests.test_reward import REWARD_TINY
 from tests.test_sft import SFT_TINY
 
+LORA = ["--model.init_args.lora.r=4", "--model.init_args.lora.target_modules=all-linear",
+        "--model.init_args.optim.lr=1e-2"]
 # Largest weight difference allowed after 4 AdamW steps (weights are O(1)): float summation order only.
 TOLERANCE = 1e-5
 
@@ -51,7 +53,10 @@ def test_ppo_under_ddp_each_rank_samples_its_own_rollouts(tiny_pretrain: Path, r
 
 
 def stage_args(stage: str, root: Path, init_from: str, token_cache: Path, batch_size: int) -> list[str]:
-    """A 4-step run of the stage's tiny recipe at the given per-process batch size, without validation."""
+    """A 4-step run of the stage's tiny recipe at the given per-process batch size, without validation
+    ("<stage>_lora": with LoRA adapters on every linear layer, at a learning rate that moves them)."""
+    if stage.endswith("_lora"):
+        return [*stage_args(stage.removesuffix("_lora"), root, init_from, token_cache, batch_size), *LORA]
     quiet = [f"--trainer.default_root_dir={root}", "--trainer.max_steps=4", "--trainer.limit_val_batches=0",
              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
              "--trainer.logger.init_args.experiment_name=tests", f"--data.init_args.batch_size={batch_size}"]
@@ -76,14 +81,14 @@ def max_weight_difference(a: Path, b: Path) -> tuple[float, float]:
     return diff, scale
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo", "dpo_lora"])
 def test_two_processes_train_the_weights_of_one_process_at_the_same_global_batch(
         stage: str, tiny_pretrain: Path, token_cache: Path, tmp_path: Path) -> None:
     init_from = ckpt(tiny_pretrain)
     main(["fit", *stage_args(stage, tmp_path / "one", init_from, token_cache, batch_size=8)])
     fit_ddp(stage_args(stage, tmp_path / "two", init_from, token_cache, batch_size=4))
     checkpoint = read_checkpoint(ckpt(tmp_path / "two"))
-    assert checkpoint["lit_llm"]["stage"] == stage and checkpoint["global_step"] == 4
+    assert checkpoint["lit_llm"]["stage"] == stage.removesuffix("_lora") and checkpoint["global_step"] == 4
     diff, scale = max_weight_difference(tmp_path / "one", tmp_path / "two")
     print(f"{stage}: max |w1 - w2| = {diff:.3g} (max |w| = {scale:.3g})")
     assert diff < TOLERANCE

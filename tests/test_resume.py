@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from lit_llm.checkpoint import read_checkpoint
 from lit_llm.commands import main
 from tests.conftest import REPO
-from tests.test_ddp import stage_args
+from tests.test_ddp import LORA, stage_args
 from tests.test_ppo import PPO_TINY, ckpt, micro_ppo_args
 
 STEPS = 8
@@ -35,7 +35,10 @@ TIMING = ("tokens_per_s", "mfu", "time_", "_per_s")
 def resume_args(stage: str, root: Path, init_from: str, reward_from: str, token_cache: Path,
                 every_step: bool = True) -> list[str]:
     """The stage's micro recipe: 8 steps, 3-batch epochs, validation every 3 steps, a checkpoint every step (else
-    the default checkpointing: at validation and epoch ends)."""
+    the default checkpointing: at validation and epoch ends). "<stage>_lora": with LoRA adapters."""
+    if stage.endswith("_lora"):
+        return [*resume_args(stage.removesuffix("_lora"), root, init_from, reward_from, token_cache, every_step),
+                *LORA]
     if stage == "ppo":
         args = [*micro_ppo_args(PPO_TINY, root, init_from, reward_from, rollouts=STEPS // 2),
                 "--data.init_args.num_prompts=16", "--trainer.val_check_interval=3",
@@ -104,7 +107,7 @@ def uninterrupted(tiny_pretrain: Path, reward_ckpt: str, token_cache: Path,
     return get
 
 
-STAGES = ["pretrain", "sft", "reward", "dpo", "ppo"]
+STAGES = ["pretrain", "sft", "reward", "dpo", "ppo", "dpo_lora"]
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -4,8 +4,11 @@ checkpoint metadata that lets later stages, `generate` and `export` load any che
 One thin base class, not a hierarchy: each stage adds only its step.
 """
 
+import contextlib
 import copy
 import hashlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,6 +17,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from torch import nn
 
 from lit_llm.checkpoint import META_KEY, LoadedModel, checkpoint_meta, load_backbone
+from lit_llm.lora import LoRAConfig, adapters_disabled, apply_lora, is_adapter_key, weights_digest
 from lit_llm.model import Transformer
 from lit_llm.optim import OptimConfig, configure_adamw
 from lit_llm.tokenizer import Tokenizer
@@ -28,7 +32,8 @@ class StageModule(pl.LightningModule):
 
     Subclasses set `stage`, build `self.model` (a `Transformer`) and `self.tokenizer`, and may set
     `parent_run_id` (the MLflow run that produced their starting weights) and `samples` (rows that
-    `SampleGenerations` logs as a table). A stage that generates answers (`generates`) is scored by the gold
+    `SampleGenerations` logs as a table). With `lora`, the backbones it adapts (`adapt`) train only their
+    adapters, and its checkpoints hold only what trains plus each base's identity (`lora_bases`). A stage that generates answers (`generates`) is scored by the gold
     evaluation (`evaluation.GoldEval`), which asks it to render a question (`render_question`) and to say which
     tokens end an answer (`answer_stop_ids`); a base model (`chat = False`) overrides both.
     """
@@ -37,9 +42,11 @@ class StageModule(pl.LightningModule):
     generates: bool = True  # answers questions (the gold evaluation scores it); False for the reward model
     chat: bool = True  # an instruction model asked through the chat template; False for a base model
 
-    def __init__(self, optim: OptimConfig | None = None) -> None:
+    def __init__(self, optim: OptimConfig | None = None, lora: LoRAConfig | None = None) -> None:
         super().__init__()
-        self.optim = optim or OptimConfig()
+        self.optim, self.lora = optim or OptimConfig(), lora
+        self.lora_bases: dict[str, dict[str, str]] = {}  # state-dict prefix -> {"source", "sha256"} of its base
+        self.strict_loading = lora is None  # a LoRA checkpoint leaves the frozen base out
         self.model: Transformer | None = None
         self.tokenizer: Tokenizer | None = None
         self.parent_run_id: str | None = None
@@ -58,13 +65,25 @@ class StageModule(pl.LightningModule):
         self.model, self.tokenizer, self.parent_run_id = loaded.model, loaded.tokenizer, loaded.run_id
         self.model.activation_checkpointing = activation_checkpointing
         self.model.train()  # an imported model comes in eval mode (for inference); a stage trains it (dropout on)
+        self.adapt(self.model, "model", init_from)
         return loaded
 
+    def adapt(self, backbone: Transformer, prefix: str, source: str) -> None:
+        """With `lora`: record the base's identity (where it came from and the digest of its weights) under the
+        backbone's state-dict prefix, then put adapters on it (`lit_llm.lora.apply_lora`)."""
+        if self.lora is None:
+            return
+        where = Path(source)
+        self.lora_bases[prefix] = {"source": str(where.resolve()) if where.exists() else str(source),
+                                   "sha256": weights_digest(backbone)}
+        apply_lora(backbone, self.lora)
+
     # ------------------------------------------------------------------------------- frozen models
-    def load_reference(self, ref_from: str | None) -> Transformer:
-        """A frozen reference policy: a copy of the starting policy, or the backbone of `ref_from`."""
+    def load_reference(self, ref_from: str | None) -> Transformer | None:
+        """A frozen reference policy: a copy of the starting policy, or the backbone of `ref_from`; with `lora` and
+        no `ref_from`, None: the policy with its adapters off is the reference (`reference_model`)."""
         if ref_from is None:
-            return copy.deepcopy(self.model)
+            return None if self.lora is not None else copy.deepcopy(self.model)
         loaded = load_backbone(ref_from, dtype=TRAIN_DTYPE)
         self.check_tokenizer(loaded.tokenizer, f"ref_from {ref_from}")
         return loaded.model
@@ -91,6 +110,16 @@ class StageModule(pl.LightningModule):
         if next(model.parameters()).device != self.device:
             model.to(self.device)
         return model
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[nn.Module]:
+        """The reference policy for a block: the frozen `self.reference`, or (LoRA without `ref_from`) the policy
+        itself with its adapters disabled, which computes exactly what its base does, without a second copy."""
+        if getattr(self, "reference", None) is not None or self.lora is None:
+            yield self.frozen("reference")
+            return
+        with adapters_disabled(self.model) as base:
+            yield base
 
     def mlflow_run_id(self) -> str | None:
         for logger in self.loggers:
@@ -161,6 +190,14 @@ class StageModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = checkpoint_meta(self.stage, self.model.config, self.tokenizer, self.mlflow_run_id())
+        if self.lora is not None:  # only what trains, and the identity of every frozen base it leaves out
+            checkpoint[META_KEY]["lora"] = {"config": self.lora.to_dict(), "bases": dict(self.lora_bases)}
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not self.is_frozen_base_key(k)}
+
+    def is_frozen_base_key(self, key: str) -> bool:
+        """A state-dict key of an adapted backbone's frozen base weights (left out of LoRA checkpoints)."""
+        return any(key.startswith(f"{prefix}.") for prefix in self.lora_bases) and not is_adapter_key(key)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume from a checkpoint of another stage or of a differently shaped model, naming why."""
@@ -175,6 +212,29 @@ class StageModule(pl.LightningModule):
             if differ:
                 raise ValueError(f"the checkpoint's model config differs from this run's: {'; '.join(differ)} "
                                  f"(resume with the config the checkpoint was trained with)")
+        if meta:
+            self.check_lora_resume(meta.get("lora"), checkpoint.get("state_dict", {}))
+
+    def check_lora_resume(self, saved: dict[str, Any] | None, state: dict[str, Any]) -> None:
+        """Resume a LoRA run only onto the same bases with the same adapters, and with every trained weight there."""
+        ours = None if self.lora is None else {"config": self.lora.to_dict(), "bases": self.lora_bases}
+        if (saved is None) != (ours is None):
+            raise ValueError(f"the checkpoint was written {'with' if saved else 'without'} LoRA and this run is "
+                             f"configured {'with' if ours else 'without'} it (resume with the checkpoint's config)")
+        if saved is None:
+            return
+        if saved["config"] != ours["config"]:
+            raise ValueError(f"the checkpoint's lora config {saved['config']} differs from this run's "
+                             f"{ours['config']}")
+        for prefix, base in saved["bases"].items():
+            now = self.lora_bases.get(prefix, {})
+            if now.get("sha256") != base["sha256"]:
+                raise ValueError(f"the LoRA checkpoint's base for {prefix!r} ({base['source']}, sha256 "
+                                 f"{base['sha256'][:12]}) differs from this run's ({now.get('source')}, sha256 "
+                                 f"{str(now.get('sha256'))[:12]}): its adapters would be put on other weights")
+        missing = [k for k in self.state_dict() if not self.is_frozen_base_key(k) and k not in state]
+        if missing:
+            raise ValueError(f"the LoRA checkpoint lacks trained weights of this run: {missing[:5]}")
 
 
 def batch_seed(base_seed: int | None, rank: int, epoch: int, batch_idx: int) -> int:

@@ -13,7 +13,8 @@ prompt counts once (the mean over pairs for plain pair data).
 
 Reference model: loaded from `ref_from` (default: the `init_from` weights), frozen (requires_grad False, eval
 mode) and kept OUT of the module's registered submodules, so its weights never land in the policy's checkpoint
-and the optimizer never sees them; the module moves it to its device itself. With `precompute_ref_logprobs`,
+and the optimizer never sees them; the module moves it to its device itself. With `lora` and no `ref_from` there
+is no second copy: the reference is the policy with its adapters disabled (its base, exactly). With `precompute_ref_logprobs`,
 the reference scores every train and validation sequence once in `on_fit_start`, keyed by the sequence's tokens
 (so shuffling, and the same response appearing in several prompts, do not matter), and is then freed.
 
@@ -37,6 +38,7 @@ from torch.utils.data import DataLoader
 from lit_llm.losses import (IGNORE_INDEX, cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss,
                             rpo_nll_loss)
 from lit_llm.model import Transformer
+from lit_llm.lora import LoRAConfig
 from lit_llm.optim import OptimConfig
 from lit_llm.stages.base import StageModule
 
@@ -70,6 +72,8 @@ class DPOModule(StageModule):
             or a Hugging Face directory or hub id. Required.
         ref_from: Reference model (same formats); default: the `init_from` weights.
         optim: Optimizer and schedule.
+        lora: Train low-rank adapters instead of all weights (`lit_llm.lora.LoRAConfig`: r, alpha, dropout,
+            target_modules, modules_to_save); None = full fine-tuning.
         beta: β, strength of the implicit KL penalty (the rewards are β·(log π − log π_ref)).
         loss_type: "sigmoid" (DPO), "cdpo" (label-smoothed DPO), "ipo" or "hinge" (SLiC).
         label_smoothing: cDPO's label-flip probability ε (loss_type "cdpo" only).
@@ -86,6 +90,7 @@ class DPOModule(StageModule):
         init_from: str,
         ref_from: str | None = None,
         optim: OptimConfig | None = None,
+        lora: LoRAConfig | None = None,
         beta: float = 0.1,
         loss_type: LossType = "sigmoid",
         label_smoothing: float = 0.0,
@@ -93,7 +98,7 @@ class DPOModule(StageModule):
         precompute_ref_logprobs: bool = True,
         activation_checkpointing: bool = False,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, lora)
         if loss_type not in PAIR_LOSSES:
             raise ValueError(f"loss_type must be one of {sorted(PAIR_LOSSES)}, got {loss_type!r}")
         if label_smoothing and loss_type != "cdpo":
@@ -119,16 +124,18 @@ class DPOModule(StageModule):
             keys = batch_keys(batch)
             if all(k in self.ref_cache for k in keys):
                 return torch.tensor([self.ref_cache[k] for k in keys], device=batch["input_ids"].device)
-        return self.sequence_logprobs(self.frozen("reference"), batch)
+        with self.reference_model() as reference:
+            return self.sequence_logprobs(reference, batch)
 
     @torch.no_grad()
     def precompute(self, loaders: Iterable[Iterable[dict[str, torch.Tensor]]]) -> dict[bytes, float]:
         """Reference log-probs of every sequence of the loaders, keyed by `sequence_key`."""
-        model, cache = self.frozen("reference"), {}
-        for loader in loaders:
-            for batch in loader:
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                cache.update(zip(batch_keys(batch), self.sequence_logprobs(model, batch).tolist()))
+        cache = {}
+        with self.reference_model() as model:
+            for loader in loaders:
+                for batch in loader:
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    cache.update(zip(batch_keys(batch), self.sequence_logprobs(model, batch).tolist()))
         return cache
 
     def on_fit_start(self) -> None:

@@ -65,6 +65,7 @@ from lit_llm.callbacks import log_table
 from lit_llm.checkpoint import load_backbone
 from lit_llm.losses import causal_lm_loss, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss
 from lit_llm.model import ScalarHead
+from lit_llm.lora import LoRAConfig
 from lit_llm.optim import OptimConfig, configure_adamw
 from lit_llm.rollout import (GOLD, KLConfig, KLController, RewardShaping, RolloutConfig, Samples, disable_dropout,
                              response_logprobs, reward_source, sample, stopped)
@@ -87,6 +88,8 @@ class PPOModule(StageModule):
         value_from: Weights of a separate value model; default: the reward model (with its head), or init_from
             when the reward is gold.
         optim: Optimizer and schedule (over the policy and the value model).
+        lora: Train low-rank adapters instead of all weights (`lit_llm.lora.LoRAConfig`: r, alpha, dropout,
+            target_modules, modules_to_save); None = full fine-tuning.
         rollout: How responses are sampled (max_new_tokens, temperature > 0, top_k, top_p).
         reward: How the score becomes the reward (normalize, clip, missing_eos_penalty).
         kl: The KL penalty to the reference (coef, estimator, target, horizon).
@@ -109,6 +112,7 @@ class PPOModule(StageModule):
         value_model: Literal["separate", "shared"] = "separate",
         value_from: str | None = None,
         optim: OptimConfig | None = None,
+        lora: LoRAConfig | None = None,
         rollout: RolloutConfig | None = None,
         reward: RewardShaping | None = None,
         kl: KLConfig | None = None,
@@ -118,7 +122,7 @@ class PPOModule(StageModule):
         rollout_table_every: int = 50,
         rollout_table_rows: int = 8,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, lora)
         self.automatic_optimization = False
         if value_model not in ("separate", "shared"):
             raise ValueError(f"value_model must be 'separate' or 'shared', got {value_model!r}")
@@ -152,6 +156,7 @@ class PPOModule(StageModule):
         source = self.value_from or (self.init_from if self.reward_from == GOLD else self.reward_from)
         loaded = load_backbone(source, dtype=TRAIN_DTYPE)
         self.check_tokenizer(loaded.tokenizer, f"value_from {source}")
+        self.adapt(loaded.model, "value.backbone", source)  # with LoRA, adapters on the value backbone too
         value = ScalarHead(loaded.model)
         if loaded.stage == "reward":
             value.head.load_state_dict({"weight": loaded.state_dict["head.weight"],
@@ -175,10 +180,10 @@ class PPOModule(StageModule):
 
     @torch.no_grad()
     def reference_logprobs(self, tokens: Tensor, attention_mask: Tensor, response: Tensor) -> Tensor:
-        reference = self.frozen("reference")
         start, end = tokens.shape[1] - response.shape[1] - 1, tokens.shape[1] - 1
-        hidden = reference.hidden_states(tokens, attention_mask)[:, start:end]
-        return response_logprobs(reference, hidden, response, self.rollout.temperature)[0]
+        with self.reference_model() as reference:  # a frozen copy, or (LoRA) the policy with adapters off
+            hidden = reference.hidden_states(tokens, attention_mask)[:, start:end]
+            return response_logprobs(reference, hidden, response, self.rollout.temperature)[0]
 
     # ----------------------------------------------------------------------------------------- rollout
     def rollout_generator(self) -> torch.Generator:

@@ -34,6 +34,7 @@ from torch import nn
 from lit_llm.checkpoint import META_KEY
 from lit_llm.losses import IGNORE_INDEX, reward_centering_loss, reward_pair_loss, reward_regression_loss
 from lit_llm.model import ScalarHead, last_token_index
+from lit_llm.lora import LoRAConfig
 from lit_llm.optim import OptimConfig
 from lit_llm.stages.base import StageModule
 
@@ -57,6 +58,8 @@ class RewardModule(StageModule):
         init_from: Starting weights and tokenizer: a lit_llm `.ckpt` (usually the SFT run's last.ckpt; a reward
             checkpoint also brings its head) or a Hugging Face directory or hub id. Required.
         optim: Optimizer and schedule.
+        lora: Train low-rank adapters instead of all weights (`lit_llm.lora.LoRAConfig`: r, alpha, dropout,
+            target_modules, modules_to_save); None = full fine-tuning.
         center_coef: Weight of the reward-centring term (r_c + r_r)² (Eisenstein et al. 2023 use 0.01); 0 = off.
         stats_prompts: Training prompts whose responses give the reward's mean and std after training.
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
@@ -70,12 +73,13 @@ class RewardModule(StageModule):
         self,
         init_from: str,
         optim: OptimConfig | None = None,
+        lora: LoRAConfig | None = None,
         center_coef: float = 0.0,
         stats_prompts: int = 512,
         activation_checkpointing: bool = False,
         num_samples: int = 4,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, lora)
         self.init_from, self.center_coef, self.stats_prompts = init_from, center_coef, stats_prompts
         self.num_samples = num_samples
         loaded = self.load_starting_model(init_from, activation_checkpointing)

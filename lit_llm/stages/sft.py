@@ -21,6 +21,7 @@ import torch
 import torchmetrics
 
 from lit_llm.losses import IGNORE_INDEX, causal_lm_loss
+from lit_llm.lora import LoRAConfig
 from lit_llm.optim import OptimConfig
 from lit_llm.stages.base import StageModule
 
@@ -32,6 +33,8 @@ class SFTModule(StageModule):
         init_from: Starting weights and tokenizer: a lit_llm `.ckpt` (e.g. the pretraining run's last.ckpt) or a
             Hugging Face directory or hub id. Required.
         optim: Optimizer and schedule.
+        lora: Train low-rank adapters instead of all weights (`lit_llm.lora.LoRAConfig`: r, alpha, dropout,
+            target_modules, modules_to_save); None = full fine-tuning.
         activation_checkpointing: Recompute each block in the backward pass to save activation memory.
     """
 
@@ -41,9 +44,10 @@ class SFTModule(StageModule):
         self,
         init_from: str,
         optim: OptimConfig | None = None,
+        lora: LoRAConfig | None = None,
         activation_checkpointing: bool = False,
     ) -> None:
-        super().__init__(optim)
+        super().__init__(optim, lora)
         self.init_from = init_from
         self.load_starting_model(init_from, activation_checkpointing)
         self.val_loss = torchmetrics.MeanMetric()
