@@ -17,6 +17,7 @@ _LAZY = {
     "RewardModule": "lit_llm.stages.reward",
     "PPOModule": "lit_llm.stages.ppo",
     "DPOModule": "lit_llm.stages.dpo",
+    "GRPOModule": "lit_llm.stages.grpo",
 }
 
 __all__ = sorted(_LAZY)

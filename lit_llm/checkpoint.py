@@ -372,6 +372,9 @@ def load_adapted(source: Path, meta: dict, state: dict[str, torch.Tensor], prefi
     base_info = meta["lora"]["bases"].get(prefix.rstrip("."))
     if base_info is None:
         raise ValueError(f"{source}: a LoRA checkpoint without a recorded base for {prefix.rstrip('.')!r}")
+    if not is_hf_source(base_info["source"]) and not Path(base_info["source"]).exists():
+        raise FileNotFoundError(f"{source}: its LoRA base {base_info['source']} is gone; a LoRA checkpoint holds only "
+                                f"adapters (keep the base where it was, or export a merged model while it exists)")
     base = load_backbone(base_info["source"], dtype="float32").model  # the dtype the stage trained on
     digest = weights_digest(base)
     if digest != base_info["sha256"]:

@@ -285,24 +285,69 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    clip_range: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+                    clip_range: float = 0.2, clip_range_high: float | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate per token (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
-    ratio = π/π_old = exp(logprobs − old_logprobs); loss = max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε)).
+    ratio = π/π_old = exp(logprobs − old_logprobs); loss = max(−A·ratio, −A·clip(ratio, 1−ε_low, 1+ε_high)), with
+    ε_high = ε_low unless given (DAPO's clip-higher, Yu et al. 2025: a larger ε_high lets unlikely tokens rise).
 
     Args:
         logprobs: (B, T) log-probs of the rollout tokens under the current policy.
         old_logprobs: (B, T) their log-probs when the rollout was generated.
-        advantages: (B, T) (whitened) advantages.
-        clip_range: ε.
+        advantages: (B, T) advantages (whitened, or a sequence's group-relative advantage on each of its tokens).
+        clip_range: ε_low (and ε_high when `clip_range_high` is None).
+        clip_range_high: ε_high.
 
     Returns:
-        per-token losses (B, T) and a (B, T) bool tensor marking where clipping was active (for clip_fraction).
+        per-token losses (B, T) and a (B, T) bool tensor marking where clipping was active (for clip_fraction;
+        where the ratio is above 1 the upper bound clipped, else the lower).
     """
+    high = clip_range if clip_range_high is None else clip_range_high
     ratio = torch.exp(logprobs.float() - old_logprobs.float())
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
     return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def group_advantages(rewards: torch.Tensor, baseline: str = "mean", scale_by_std: bool = True,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Critic-free advantages of G responses per prompt from their rewards (B, G), one per response.
+
+    baseline "mean": A_i = r_i − mean(r) (GRPO, Shao et al. 2024), divided by std(r) + eps when `scale_by_std`
+    (Dr. GRPO, Liu et al. 2025, drops that division: it up-weights groups that are almost all right or wrong).
+    baseline "leave_one_out": A_i = r_i − mean_{j≠i} r_j (RLOO, Ahmadian et al. 2024), never scaled. A group whose
+    rewards are all equal gets 0 for every response: it carries no learning signal.
+    """
+    if baseline == "leave_one_out":
+        group = rewards.shape[1]
+        return (rewards - rewards.mean(1, keepdim=True)) * group / (group - 1)
+    centred = rewards - rewards.mean(1, keepdim=True)
+    return centred / (rewards.std(1, keepdim=True) + eps) if scale_by_std else centred
+
+
+def aggregate_token_loss(losses: torch.Tensor, mask: torch.Tensor, mode: str, max_tokens: int) -> torch.Tensor:
+    """Reduce per-token policy losses (B, T) over a batch's response tokens (mask (B, T)) to a scalar.
+
+    "sequence": each response's token mean, averaged over responses (GRPO: a long response's tokens weigh less);
+    "token": the mean over every token of the batch (DAPO); "constant": the sum over tokens divided by
+    B · max_tokens, the same normaliser for every batch (Dr. GRPO: no length bias at all).
+    """
+    mask = mask.float()
+    if mode == "sequence":
+        return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+    if mode == "token":
+        return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+    if mode == "constant":
+        return (losses * mask).sum() / (losses.shape[0] * max_tokens)
+    raise ValueError(f"loss aggregation must be 'sequence', 'token' or 'constant', got {mode!r}")
+
+
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025) per response (B,): 0 up to max_tokens − buffer tokens,
+    then falling linearly to −1 at max_tokens (a response that reaches the limit gets −1)."""
+    start = max_tokens - buffer
+    return -((lengths.float() - start) / max(buffer, 1)).clamp(min=0.0, max=1.0)
 
 
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

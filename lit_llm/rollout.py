@@ -30,6 +30,7 @@ from lit_llm.tokenizer import Tokenizer
 from lit_llm.world import gold_reward
 
 GOLD = "gold"
+FORMAT = "format"
 REWARD_STAGE = "reward"
 
 
@@ -99,6 +100,15 @@ def response_logprobs(model: Transformer, hidden: Tensor, response: Tensor, temp
     logp = (model.lm_head(hidden).float() / temperature).log_softmax(-1)  # (B, N, V)
     entropy = -(logp.exp() * logp).sum(-1)
     return logp.gather(-1, response.unsqueeze(-1)).squeeze(-1), entropy
+
+
+def sequence_logprobs(model: Transformer, tokens: Tensor, attention_mask: Tensor, response: Tensor,
+                      temperature: float) -> tuple[Tensor, Tensor]:
+    """`response_logprobs` of the responses that end the (B, P + N) sequences `tokens`, from one forward pass: the
+    positions that predict them run from the prompt's last position to the response's second-to-last."""
+    start, end = tokens.shape[1] - response.shape[1] - 1, tokens.shape[1] - 1
+    hidden = model.hidden_states(tokens, attention_mask)[:, start:end]
+    return response_logprobs(model, hidden, response, temperature)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -194,6 +204,13 @@ class RewardSource:
         return scores
 
 
+def gold_correct(records: list[dict], texts: list[str]) -> Tensor | None:
+    """(B,) 1.0 where a response states its record's gold answer, else 0.0; None when the records carry none."""
+    if not records or not all("answer" in r for r in records):
+        return None
+    return torch.tensor([gold_reward(r, t) for r, t in zip(records, texts)])
+
+
 class GoldReward(RewardSource):
     """The task world's verifier: 1.0 for a response stating the record's gold `answer`, else 0.0 (RL with
     verifiable rewards; the records must carry `answer`)."""
@@ -253,6 +270,42 @@ def load_reward_model(path: str | Path) -> tuple[ScalarHead, Tokenizer, float, f
         warnings.warn(f"{path} has no reward statistics (written before training ended?); "
                       f"mean/std are {float(state['reward_mean'])}/{float(state['reward_std'])}", stacklevel=2)
     return scorer.eval(), loaded.tokenizer, float(state["reward_mean"]), float(state["reward_std"])
+
+
+class FormatReward(RewardSource):
+    """1.0 for a well-formed answer: a single non-empty line that closes its turn (ends with a stop token within
+    the length limit), else 0.0. A shaping bonus beside the gold reward, never a substitute for it."""
+
+    def __init__(self, name: str, stop_ids: list[int]) -> None:
+        super().__init__(name)
+        self.stop_ids = stop_ids
+
+    def score(self, records: list[dict], texts: list[str], generation: Generation) -> Tensor:
+        closed = stopped(generation, self.stop_ids).tolist()
+        return torch.tensor([float(ok and len(text.strip().splitlines()) == 1) for ok, text in zip(closed, texts)],
+                            device=generation.tokens.device)
+
+
+class WeightedRewards(RewardSource):
+    """The weighted sum of several sources' scores, each normalised as its own source normalises it."""
+
+    def __init__(self, sources: list[RewardSource], weights: list[float]) -> None:
+        super().__init__(" + ".join(f"{w:g}*{s.name}" for s, w in zip(sources, weights)))
+        self.sources, self.weights = sources, weights
+
+    def score(self, records: list[dict], texts: list[str], generation: Generation) -> Tensor:
+        return sum(w * s.normalize(s.score(records, texts, generation)) for s, w in zip(self.sources, self.weights))
+
+
+def reward_sources(names: list[str], weights: list[float] | None, policy_tokenizer: Tokenizer,
+                   stop_ids: list[int]) -> RewardSource:
+    """One source, or the weighted sum of several: "gold", "format" (`FormatReward`) or reward-stage checkpoints."""
+    weights = [1.0] * len(names) if weights is None else list(weights)
+    if len(weights) != len(names) or not names:
+        raise ValueError(f"reward_weights {weights} must give one weight per reward_from source {names}")
+    sources = [FormatReward(name, stop_ids) if name == FORMAT else reward_source(name, policy_tokenizer)
+               for name in names]
+    return sources[0] if len(sources) == 1 and weights[0] == 1.0 else WeightedRewards(sources, weights)
 
 
 def reward_source(reward_from: str, policy_tokenizer: Tokenizer) -> RewardSource:

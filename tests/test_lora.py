@@ -18,11 +18,14 @@ from lit_llm.commands import main
 from lit_llm.lora import (LoRAConfig, adapter_config_hf, adapter_state_hf, adapters_disabled, apply_lora,
                           is_adapter_key, merge_adapters)
 from lit_llm.model import ModelConfig, Transformer
+from lit_llm.rollout import load_reward_model
 from lit_llm.stages.dpo import DPOModule
+from lit_llm.stages.reward import RewardModule
 from lit_llm.stages.sft import SFTModule
 from tests.hf_fixtures import hf_chat_model
 from tests.test_dpo import ckpt, micro_data
 from tests.test_ppo import PPO_TINY, micro_ppo_args
+from tests.test_reward import REWARD_TINY
 from tests.test_sft import SFT_TINY
 
 transformers = pytest.importorskip("transformers")
@@ -199,3 +202,27 @@ def test_qlora_trains_adapters_on_a_4bit_base_like_lora_on_its_dequantized_weigh
     assert grads[0].keys() == grads[1].keys() and all(is_adapter_key(n) for n in grads[0])
     for name, grad in grads[1].items():  # bf16 compute against float32: close, not equal
         assert (grads[0][name] - grad).norm() <= 0.02 * grad.norm(), name
+
+
+# ---------------------------------------------------------------------------------------------- reward
+def test_lora_reward_model_keeps_its_head_and_statistics_and_scores_like_the_module(tiny_pretrain: Path,
+                                                                                   tmp_path: Path) -> None:
+    main(["fit", "--config", REWARD_TINY, f"--model.init_args.init_from={ckpt(tiny_pretrain)}",
+          "--model.init_args.lora.r=4", "--model.init_args.optim.lr=1e-2", "--trainer.max_steps=4",
+          "--trainer.val_check_interval=4", f"--trainer.default_root_dir={tmp_path}",
+          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+          "--trainer.logger.init_args.experiment_name=tests", "--model.init_args.stats_prompts=8",
+          "--data.init_args.num_pairs=24", "--data.init_args.num_ranked=0", "--data.init_args.num_val_pairs=8",
+          "--data.init_args.num_val_ranked=0", "--data.init_args.batch_size=4"])
+    checkpoint = read_checkpoint(ckpt(tmp_path))
+    assert {k for k in checkpoint["state_dict"] if not is_adapter_key(k)} == {"head.weight", "head.bias",
+                                                                              "reward_mean", "reward_std"}
+    scorer, tokenizer, mean, std = load_reward_model(ckpt(tmp_path))  # merged backbone + the trained head
+    stats = checkpoint["lit_llm"]["reward_stats"]
+    assert (mean, std) == pytest.approx((stats["mean"], stats["std"]), rel=1e-6)
+    module = RewardModule(ckpt(tiny_pretrain), lora=LoRAConfig(r=4))
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    ids = torch.tensor([tokenizer.encode("What is 2 + 3? 5")])
+    with torch.no_grad():
+        torch.testing.assert_close(scorer.score(ids, torch.ones_like(ids)), module.eval()(ids, torch.ones_like(ids)),
+                                   rtol=1e-5, atol=1e-5)

@@ -2,7 +2,7 @@
 run's weights (bitwise) and metrics, for every stage, whether it died mid-step or in the middle of writing a
 checkpoint (which then leaves the previous checkpoint whole).
 
-Each stage runs 8 optimizer steps over epochs of 3 batches (PPO: 4 rollouts of 2 updates over epochs of 2
+Each stage runs 8 optimizer steps over epochs of 3 batches (PPO and GRPO: 4 rollouts of 2 updates over epochs of 2
 batches), checkpointing every step and validating every 3 steps, so kills land mid-epoch, at epoch ends and
 around validations. The kill step is drawn at random; set RESUME_TEST_SEED to replay a draw (it is printed).
 """
@@ -23,6 +23,7 @@ from lit_llm.checkpoint import read_checkpoint
 from lit_llm.commands import main
 from tests.conftest import REPO
 from tests.test_ddp import LORA, stage_args
+from tests.test_grpo import micro_grpo_args
 from tests.test_ppo import PPO_TINY, ckpt, micro_ppo_args
 
 STEPS = 8
@@ -43,6 +44,10 @@ def resume_args(stage: str, root: Path, init_from: str, reward_from: str, token_
         args = [*micro_ppo_args(PPO_TINY, root, init_from, reward_from, rollouts=STEPS // 2),
                 "--data.init_args.num_prompts=16", "--trainer.val_check_interval=3",
                 "--model.init_args.kl.target=0.01", "--model.init_args.kl.horizon=100"]
+    elif stage == "grpo":  # 4 batches of 2 updates; dynamic sampling draws a varying number of samples
+        args = [*micro_grpo_args(root, init_from), f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=3",
+                "--data.init_args.num_prompts=8", "--model.init_args.group.dynamic_sampling=resample",
+                "--model.init_args.reward_from=format", "--model.init_args.loss.kl_coef=0.01"]
     else:
         args = [*stage_args(stage, root, init_from, token_cache, batch_size=4), f"--trainer.max_steps={STEPS}",
                 "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
@@ -107,7 +112,7 @@ def uninterrupted(tiny_pretrain: Path, reward_ckpt: str, token_cache: Path,
     return get
 
 
-STAGES = ["pretrain", "sft", "reward", "dpo", "ppo", "dpo_lora"]
+STAGES = ["pretrain", "sft", "reward", "dpo", "ppo", "grpo", "dpo_lora"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -123,7 +128,7 @@ def every_kill_point() -> list[tuple[str, int, bool, int]]:
     """(stage, step, during_save, step of the checkpoint left) for every place a run can be killed."""
     points = []
     for stage in STAGES:
-        per_batch = 2 if stage == "ppo" else 1
+        per_batch = 2 if stage in ("ppo", "grpo") else 1
         points += [(stage, step, False, step - step % per_batch) for step in range(per_batch, STEPS)]
         points += [(stage, step, True, step - per_batch) for step in range(2 * per_batch, STEPS, per_batch)]
     return points

@@ -61,21 +61,21 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lit_llm.callbacks import log_table
 from lit_llm.checkpoint import load_backbone
 from lit_llm.losses import causal_lm_loss, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss
 from lit_llm.model import ScalarHead
 from lit_llm.lora import LoRAConfig
 from lit_llm.optim import OptimConfig, configure_adamw
 from lit_llm.rollout import (GOLD, KLConfig, KLController, RewardShaping, RolloutConfig, Samples, disable_dropout,
-                             response_logprobs, reward_source, sample, stopped)
-from lit_llm.stages.base import TRAIN_DTYPE, StageModule
+                             response_logprobs, reward_source, sample, sequence_logprobs, stopped)
+from lit_llm.stages.base import TRAIN_DTYPE
+from lit_llm.stages.rollout_stage import RolloutStage
 from lit_llm.stages.ppo_parts import PPOLoss, PPOUpdate, Rollout, value_metrics
 
 PPO_STATE_KEY = "lit_llm_ppo"
 
 
-class PPOModule(StageModule):
+class PPOModule(RolloutStage):
     """PPO stage (RLHF): policy, value model, frozen reference and reward.
 
     Args:
@@ -103,6 +103,7 @@ class PPOModule(StageModule):
     """
 
     stage = "ppo"
+    state_key = PPO_STATE_KEY
 
     def __init__(
         self,
@@ -123,7 +124,6 @@ class PPOModule(StageModule):
         rollout_table_rows: int = 8,
     ) -> None:
         super().__init__(optim, lora)
-        self.automatic_optimization = False
         if value_model not in ("separate", "shared"):
             raise ValueError(f"value_model must be 'separate' or 'shared', got {value_model!r}")
         self.rollout, self.shaping = rollout or RolloutConfig(), reward or RewardShaping()
@@ -142,8 +142,6 @@ class PPOModule(StageModule):
         self.set_frozen("reference", self.load_reference(ref_from))
         self.reward_source = reward_source(reward_from, self.tokenizer)  # not a submodule: never in a checkpoint
         self.value = self.build_value_model(activation_checkpointing)
-        self.generator: torch.Generator | None = None
-        self._generator_state: Tensor | None = None  # restored from a checkpoint, applied in on_fit_start
 
     # ------------------------------------------------------------------------------------------ models
     def build_value_model(self, activation_checkpointing: bool) -> nn.Module:
@@ -180,24 +178,10 @@ class PPOModule(StageModule):
 
     @torch.no_grad()
     def reference_logprobs(self, tokens: Tensor, attention_mask: Tensor, response: Tensor) -> Tensor:
-        start, end = tokens.shape[1] - response.shape[1] - 1, tokens.shape[1] - 1
         with self.reference_model() as reference:  # a frozen copy, or (LoRA) the policy with adapters off
-            hidden = reference.hidden_states(tokens, attention_mask)[:, start:end]
-            return response_logprobs(reference, hidden, response, self.rollout.temperature)[0]
+            return sequence_logprobs(reference, tokens, attention_mask, response, self.rollout.temperature)[0]
 
     # ----------------------------------------------------------------------------------------- rollout
-    def rollout_generator(self) -> torch.Generator:
-        """This rank's generator for sampling and mini-batch order (seeded from the run's seed and the rank)."""
-        if self.generator is None or self.generator.device != self.device:
-            generator = torch.Generator(device=self.device)
-            if self._generator_state is not None:
-                generator.set_state(self._generator_state)
-            else:
-                seed = torch.initial_seed() if self.base_seed is None else self.base_seed  # None outside fit
-                generator.manual_seed(seed + 1000003 * self.global_rank)
-            self.generator = generator
-        return self.generator
-
     def whiten(self, values: Tensor, mask: Tensor) -> Tensor:
         """(values − mean) / std over the masked tokens of ALL ranks (sums all-reduced), padding left at 0."""
         sums = torch.stack([(values * mask).sum(), (values.square() * mask).sum(), mask.sum()]).double()
@@ -338,7 +322,7 @@ class PPOModule(StageModule):
         rows = [{"prompt": batch["records"][i].get("prompt", ""), "response": texts[i],
                  "reward": round(float(rollout.raw_scores[i]), 4), "score": round(float(rollout.scores[i]), 4),
                  "kl": round(float(kl[i]), 4)} for i in range(n)]
-        log_table(self.trainer, rows, f"rollouts/rollout_{self.trainer.fit_loop.epoch_loop.batch_idx:07d}.json")
+        self.log_rollout_table(rows)
 
     # ------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -353,19 +337,8 @@ class PPOModule(StageModule):
                  sync_dist=True)
 
     # ------------------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also store the KL coefficient and every rank's rollout generator state (gathered to rank 0)."""
-        super().on_save_checkpoint(checkpoint)
-        states = self.gathered(self.rollout_generator().get_state())
-        checkpoint[PPO_STATE_KEY] = {"kl_coef": self.kl.value, "generator_states": states}
+    def extra_state(self) -> dict[str, Any]:
+        return {"kl_coef": self.kl.value}  # the adaptive controller's coefficient, beside the generators
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get(PPO_STATE_KEY)
-        if state is None:
-            return
+    def restore_extra_state(self, state: dict[str, Any]) -> None:
         self.kl.value = float(state["kl_coef"])
-        states = state["generator_states"]
-        rank = self.global_rank
-        self._generator_state = states[rank].cpu() if rank < len(states) else None
-        self.generator = None
