@@ -43,6 +43,9 @@ time_score_s, time_update_s, rollout_tokens_per_s); at validation val/reward, va
 val/gold_accuracy (`evaluation.GoldEval`, as in every stage that generates). Every
 `rollout_table_every` rollouts a table of (prompt, response, score, kl) goes to MLflow under rollouts/.
 
+With `lora`, the policy and a separate value model train adapters only, and the reference is the policy with its
+adapters disabled (no frozen copy) unless `ref_from` names another model.
+
 Dropout is switched off in the policy and value models: with it, the log-probs of the rollout and of the first
 update would differ and the ratio would not start at 1.
 
