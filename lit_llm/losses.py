@@ -289,8 +289,9 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate per token (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
-    ratio = π/π_old = exp(logprobs − old_logprobs); loss = max(−A·ratio, −A·clip(ratio, 1−ε_low, 1+ε_high)), with
-    ε_high = ε_low unless given (DAPO's clip-higher, Yu et al. 2025: a larger ε_high lets unlikely tokens rise).
+    ratio = π/π_old = exp(logprobs − old_logprobs); loss = max(−A·ratio, −A·clip(ratio, 1−ε_low, 1+ε_high)),
+    with ε_high = ε_low unless given (DAPO's clip-higher, Yu et al. 2025: a larger ε_high lets unlikely tokens
+    rise).
 
     Args:
         logprobs: (B, T) log-probs of the rollout tokens under the current policy.

@@ -33,9 +33,10 @@ class StageModule(pl.LightningModule):
     Subclasses set `stage`, build `self.model` (a `Transformer`) and `self.tokenizer`, and may set
     `parent_run_id` (the MLflow run that produced their starting weights) and `samples` (rows that
     `SampleGenerations` logs as a table). With `lora`, the backbones it adapts (`adapt`) train only their
-    adapters, and its checkpoints hold only what trains plus each base's identity (`lora_bases`). A stage that generates answers (`generates`) is scored by the gold
-    evaluation (`evaluation.GoldEval`), which asks it to render a question (`render_question`) and to say which
-    tokens end an answer (`answer_stop_ids`); a base model (`chat = False`) overrides both.
+    adapters, and its checkpoints hold only what trains plus each base's identity (`lora_bases`). A stage that
+    generates answers (`generates`) is scored by the gold evaluation (`evaluation.GoldEval`), which asks it to
+    render a question (`render_question`) and to say which tokens end an answer (`answer_stop_ids`); a base model
+    (`chat = False`) overrides both.
     """
 
     stage: str = "base"

@@ -14,9 +14,10 @@ prompt counts once (the mean over pairs for plain pair data).
 Reference model: loaded from `ref_from` (default: the `init_from` weights), frozen (requires_grad False, eval
 mode) and kept OUT of the module's registered submodules, so its weights never land in the policy's checkpoint
 and the optimizer never sees them; the module moves it to its device itself. With `lora` and no `ref_from` there
-is no second copy: the reference is the policy with its adapters disabled (its base, exactly). With `precompute_ref_logprobs`,
-the reference scores every train and validation sequence once in `on_fit_start`, keyed by the sequence's tokens
-(so shuffling, and the same response appearing in several prompts, do not matter), and is then freed.
+is no second copy: the reference is the policy with its adapters disabled (its base, exactly). With
+`precompute_ref_logprobs`, the reference scores every train and validation sequence once in `on_fit_start`, keyed
+by the sequence's tokens (so shuffling, and the same response appearing in several prompts, do not matter), and
+is then freed.
 
 Metrics: loss, rewards β·(log π − log π_ref) of chosen/rejected, reward_margin, reward_accuracy (share of pairs
 whose chosen reward is higher; a tie counts half), logps_chosen/logps_rejected, under train/ and val/ (val

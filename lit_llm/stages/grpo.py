@@ -24,8 +24,9 @@ Monitors every step under train/: reward, accuracy (gold correctness when the pr
 variance_share (groups with all-equal rewards, before and after dynamic sampling), groups_all_correct /
 groups_all_wrong, reward_group_std, truncation_rate (no stop within max_new_tokens), response_length and its
 drift from the first rollout, entropy, clip_fraction_low / clip_fraction_high, kl, ratio_start_error (|ratio − 1|
-before the batch's first step: 0), logprob_mismatch, timings; a warning (stderr and progress.log) when the
-zero-variance share or the truncation rate passes `monitors.*_warn`. Rollout tables go to MLflow as PPO's do.
+before the batch's first step: 0), logprob_mismatch, samples_generated (this rank's, resamples included), timings;
+a warning (stderr and progress.log) when the zero-variance share or the truncation rate passes `monitors.*_warn`.
+Rollout tables go to MLflow as PPO's do.
 Validation: greedy answers (val/reward, val/response_length) and val/gold_accuracy (`evaluation.GoldEval`).
 
 The reference is a frozen copy of the starting policy (`ref_from`), or with `lora` the policy with its adapters
@@ -104,6 +105,7 @@ class GRPOModule(RolloutStage):
         self.set_frozen("reference", self.load_reference(ref_from))
         self.reward_source = reward_sources(self.reward_from, reward_weights, self.tokenizer, self.answer_stop_ids())
         self.first_response_length: float | None = None
+        self.samples_generated = 0  # responses sampled so far, this rank (dynamic resampling draws extra ones)
 
     def configure_optimizers(self) -> dict:
         total = self.trainer.max_steps
@@ -122,6 +124,7 @@ class GRPOModule(RolloutStage):
         """Responses to (B, T) prompts and their rewards (B,), overlong penalty included."""
         samples = sample(self.model, self.tokenizer, ids, mask, self.rollout, self.answer_stop_ids(),
                          self.rollout_generator())
+        self.samples_generated += ids.shape[0]
         rewards = self.reward_source.score(records, samples.texts, samples.generation).float()
         if self.loss.overlong_buffer:
             lengths = samples.generation.response_mask.sum(1)
@@ -146,9 +149,10 @@ class GRPOModule(RolloutStage):
             rows = (equal[:, None] * size + torch.arange(size, device=equal.device)).flatten()
             again, again_rewards = self.draw(ids[rows], mask[rows], [records[i] for i in rows.tolist()])
             order = torch.arange(rewards.numel(), device=rewards.device)
+            within = torch.arange(size, device=order.device)
             for k, group in enumerate(equal.tolist()):
                 if not self.equal_groups(again_rewards)[k]:
-                    order[group * size:(group + 1) * size] = rewards.numel() + k * size + torch.arange(size, device=order.device)
+                    order[group * size:(group + 1) * size] = rewards.numel() + k * size + within
             generation = join_generations(samples.generation, again.generation, self.tokenizer.pad_id)
             texts = samples.texts + again.texts
             samples = Samples(type(generation)(*[t[order] for t in vars(generation).values()]),
@@ -183,6 +187,7 @@ class GRPOModule(RolloutStage):
         real = gen.response_mask
         stats["logprob_mismatch"] = float((logprobs - gen.logprobs).abs()[real].max()) if real.any() else 0.0
         stats.update(self.rollout_stats(records, samples, rewards, equal))
+        stats["samples_generated"] = float(self.samples_generated)
         return (GroupRollout(gen.tokens, gen.attention_mask, gen.response, response_mask, logprobs, ref_logprobs,
                              advantages), samples, rewards)
 
@@ -300,7 +305,8 @@ class GRPOModule(RolloutStage):
 
     # ------------------------------------------------------------------------------------- checkpoints
     def extra_state(self) -> dict[str, Any]:
-        return {"first_response_length": self.first_response_length}
+        return {"first_response_length": self.first_response_length, "samples_generated": self.samples_generated}
 
     def restore_extra_state(self, state: dict[str, Any]) -> None:
         self.first_response_length = state.get("first_response_length")
+        self.samples_generated = state.get("samples_generated", 0)
