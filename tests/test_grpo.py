@@ -166,3 +166,15 @@ def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="dynamic_sampling"):
         GroupConfig(dynamic_sampling="filter")
     assert GRPOLoss().kl_coef == 0.0  # as DAPO and Dr. GRPO: no KL term unless asked
+
+
+def test_grpo_with_lora_uses_the_adapter_off_policy_as_its_reference(tiny_pretrain: Path) -> None:
+    from lit_llm.lora import LoRAConfig
+
+    module = grpo_module(tiny_pretrain, lora=LoRAConfig(r=4))
+    assert module.reference is None
+    rollout, _, _ = module.make_groups(prompt_batch(module, n=2), {})
+    assert torch.equal(rollout.ref_logprobs, rollout.logprobs)  # adapters start at zero: policy = base
+    loss, _ = module.minibatch_loss(rollout)
+    loss.backward()
+    assert all(p.grad is None for n, p in module.model.named_parameters() if ".lora_" not in n)
