@@ -39,6 +39,7 @@ MICRO = {  # per stage of the tiny recipe: a smaller corpus, model and data
                "--data.init_args.num_val_pairs=8", "--data.init_args.num_val_ranked=4",
                "--data.init_args.batch_size=4"],
     "dpo": DPO,
+    "dpo-lora": DPO,
     "judge-reward-edited": ["--model.init_args.stats_prompts=8", "--data.init_args.batch_size=4",
                             "--data.init_args.val_fraction=0.25"],
     "ppo": [*GOLD, "--model.init_args.rollout.max_new_tokens=6", "--model.init_args.update.ppo_epochs=1",
@@ -132,7 +133,7 @@ def test_dry_run_prints_every_command_wired_by_path_and_runs_nothing(tmp_path: P
     root = tmp_path / "runs"
     main(["pipeline", "--config", str(recipe), "--root", str(root), "--experiment_name", "dry", "--dry_run"])
     out = capsys.readouterr().out
-    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo"] + [
+    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo", "dpo-lora"] + [
         f"llama3-r{r}-{part}" for r in (1, 2) for part in ("samples", "sft", "dpo")]
     assert [m.group(1) for m in re.finditer(r"^\s*\d+\. (\S+)", out, re.M)] == names
     assert out.count(" run   (") == len(names)
@@ -199,7 +200,7 @@ def test_micro_pipeline_runs_every_stage_nested_with_lineage_and_a_report(pipeli
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"recipe.yaml", "stages.json", "commands.sh"} <= artifacts
     runs = stage_runs(client, pipeline_a["experiment"])
-    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo", "llama3-r1-samples",
+    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo", "dpo-lora", "llama3-r1-samples",
              "llama3-r1-sft", "llama3-r1-dpo"]
     assert sorted(runs) == sorted(names)
     for name, run in runs.items():
@@ -208,12 +209,13 @@ def test_micro_pipeline_runs_every_stage_nested_with_lineage_and_a_report(pipeli
         marker = json.loads((root / ".pipeline" / f"{name}.json").read_text())
         assert marker["run_id"] == run.info.run_id
     rid = {name: run.info.run_id for name, run in runs.items()}
-    lineage = {"sft": "pretrain", "reward": "sft", "ppo": "sft", "dpo-pairs": "sft", "dpo": "sft", "llama3-r1-samples": "sft",
+    lineage = {"sft": "pretrain", "reward": "sft", "ppo": "sft", "dpo-pairs": "sft", "dpo": "sft", "dpo-lora": "sft",
+               "llama3-r1-samples": "sft",
                "llama3-r1-sft": "sft", "llama3-r1-dpo": "llama3-r1-sft", "judge-sft": "judge-pretrain",
                "judge-reward": "judge-sft", "edited-pairs": "sft", "judge-reward-edited": "judge-reward"}
     for child, parent_stage in lineage.items():
         assert runs[child].data.tags["lit_llm.parent_run_id"] == rid[parent_stage], child
-    data = {"pretrain": "prepare", "dpo": "dpo-pairs", "judge-reward-edited": "edited-pairs",
+    data = {"pretrain": "prepare", "dpo": "dpo-pairs", "dpo-lora": "dpo-pairs", "judge-reward-edited": "edited-pairs",
             "llama3-r1-sft": "llama3-r1-samples",
             "llama3-r1-dpo": "llama3-r1-samples"}
     for child, data_stage in data.items():
@@ -275,7 +277,8 @@ def test_a_second_run_skips_done_stages_and_a_stopped_stage_runs_again(pipeline_
     assert runs == {"reward": "command, config or inputs changed", "edited-pairs": "input reward runs",
                     "judge-reward-edited": "input edited-pairs runs", "ppo": "input judge-reward-edited runs",
                     "dpo-pairs": "input reward runs",
-                    "dpo": "input dpo-pairs runs", "llama3-r1-samples": "input reward runs",
+                    "dpo": "input dpo-pairs runs", "dpo-lora": "input dpo-pairs runs",
+                    "llama3-r1-samples": "input reward runs",
                     "llama3-r1-sft": "input llama3-r1-samples runs",
                     "llama3-r1-dpo": "input llama3-r1-sft, llama3-r1-samples runs"}
 
