@@ -40,6 +40,9 @@ MICRO = {  # per stage of the tiny recipe: a smaller corpus, model and data
                "--data.init_args.batch_size=4"],
     "dpo": DPO,
     "dpo-lora": DPO,
+    "grpo": [*GOLD, "--model.init_args.rollout.max_new_tokens=6", "--model.init_args.group.size=4",
+             "--model.init_args.update.mini_batch_size=8", "--data.init_args.num_prompts=32",
+             "--data.init_args.num_val_prompts=4", "--data.init_args.batch_size=4"],
     "judge-reward-edited": ["--model.init_args.stats_prompts=8", "--data.init_args.batch_size=4",
                             "--data.init_args.val_fraction=0.25"],
     "ppo": [*GOLD, "--model.init_args.rollout.max_new_tokens=6", "--model.init_args.update.ppo_epochs=1",
@@ -72,7 +75,9 @@ def micro_recipe(rounds: int = 1) -> dict:
             stage["reward"] = "reward"
         if stage.get("kind") == "rounds":
             stage["rounds"] = rounds
-            stage["rejection"] = {**stage["rejection"], **MICRO_SAMPLES}
+            stage["reward"] = "reward"  # the micro model answers nothing right: keep nothing-but-correct off
+            rejection = {**stage["rejection"], **MICRO_SAMPLES}
+            stage["rejection"] = {k: v for k, v in rejection.items() if k != "min_reward"}
             stage["sft"]["overrides"], stage["dpo"]["overrides"] = SFT, DPO
     return raw
 
@@ -133,7 +138,7 @@ def test_dry_run_prints_every_command_wired_by_path_and_runs_nothing(tmp_path: P
     root = tmp_path / "runs"
     main(["pipeline", "--config", str(recipe), "--root", str(root), "--experiment_name", "dry", "--dry_run"])
     out = capsys.readouterr().out
-    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo", "dpo-lora"] + [
+    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo", "dpo-lora", "grpo"] + [
         f"llama3-r{r}-{part}" for r in (1, 2) for part in ("samples", "sft", "dpo")]
     assert [m.group(1) for m in re.finditer(r"^\s*\d+\. (\S+)", out, re.M)] == names
     assert out.count(" run   (") == len(names)
@@ -200,8 +205,8 @@ def test_micro_pipeline_runs_every_stage_nested_with_lineage_and_a_report(pipeli
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"recipe.yaml", "stages.json", "commands.sh"} <= artifacts
     runs = stage_runs(client, pipeline_a["experiment"])
-    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo", "dpo-lora", "llama3-r1-samples",
-             "llama3-r1-sft", "llama3-r1-dpo"]
+    names = ["prepare", "pretrain", "sft", "reward", *JUDGE, "ppo", "dpo-pairs", "dpo", "dpo-lora", "grpo",
+             "llama3-r1-samples", "llama3-r1-sft", "llama3-r1-dpo"]
     assert sorted(runs) == sorted(names)
     for name, run in runs.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id, name
@@ -210,7 +215,7 @@ def test_micro_pipeline_runs_every_stage_nested_with_lineage_and_a_report(pipeli
         assert marker["run_id"] == run.info.run_id
     rid = {name: run.info.run_id for name, run in runs.items()}
     lineage = {"sft": "pretrain", "reward": "sft", "ppo": "sft", "dpo-pairs": "sft", "dpo": "sft", "dpo-lora": "sft",
-               "llama3-r1-samples": "sft",
+               "grpo": "sft", "llama3-r1-samples": "sft",
                "llama3-r1-sft": "sft", "llama3-r1-dpo": "llama3-r1-sft", "judge-sft": "judge-pretrain",
                "judge-reward": "judge-sft", "edited-pairs": "sft", "judge-reward-edited": "judge-reward"}
     for child, parent_stage in lineage.items():
