@@ -351,7 +351,7 @@ def test_a_value_of_the_wrong_type_is_named_at_its_own_line_as_written(kind: str
     path = write_jsonl(tmp_path / f"{kind}.jsonl", rows)
     with pytest.raises(RecordError, match=rf"{kind}.jsonl:{line}\b.*7") as error:
         load(kind, path, tmp_path)
-    assert "84" not in str(error.value)
+    assert "84" not in str(error.value).replace(str(tmp_path), "")  # (the temporary folder may have an 84)
     rows[line - 1][field] = "7"
     dm = load(kind, write_jsonl(tmp_path / f"{kind}.jsonl", rows), tmp_path)
     assert dm.stats["train"].skipped_invalid == 0
