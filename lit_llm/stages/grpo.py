@@ -44,7 +44,7 @@ from torch import Tensor
 from lit_llm.losses import aggregate_token_loss, group_advantages, kl_penalty, masked_mean, overlong_penalty, \
     ppo_policy_loss
 from lit_llm.lora import LoRAConfig
-from lit_llm.optim import OptimConfig, configure_adamw
+from lit_llm.optim import OptimConfig
 from lit_llm.progress import Progress
 from lit_llm.rollout import (RolloutConfig, Samples, disable_dropout, gold_correct, reward_sources, sample,
                              sequence_logprobs, stopped)
@@ -91,27 +91,17 @@ class GRPOModule(RolloutStage):
         rollout_table_every: int = 50,
         rollout_table_rows: int = 8,
     ) -> None:
-        super().__init__(optim, lora)
-        self.rollout = rollout or RolloutConfig()
-        if self.rollout.temperature <= 0:
-            raise ValueError(f"rollout.temperature must be > 0 for GRPO (sampling), got {self.rollout.temperature}")
+        super().__init__(optim, lora, rollout, rollout_table_every, rollout_table_rows)
         self.group, self.loss = group or GroupConfig(), loss or GRPOLoss()
         self.update, self.monitors = update or GRPOUpdate(), monitors or Monitors()
         self.init_from, self.ref_from = init_from, ref_from
         self.reward_from = [reward_from] if isinstance(reward_from, str) else list(reward_from)
-        self.rollout_table_every, self.rollout_table_rows = rollout_table_every, rollout_table_rows
         self.load_starting_model(init_from)
         disable_dropout(self.model)
         self.set_frozen("reference", self.load_reference(ref_from))
         self.reward_source = reward_sources(self.reward_from, reward_weights, self.tokenizer, self.answer_stop_ids())
         self.first_response_length: float | None = None
         self.samples_generated = 0  # responses sampled so far, this rank (dynamic resampling draws extra ones)
-
-    def configure_optimizers(self) -> dict:
-        total = self.trainer.max_steps
-        if total is None or total < 0:
-            total = int(self.trainer.estimated_stepping_batches) * self.updates_per_batch
-        return configure_adamw(self, self.optim, total)
 
     @property
     def updates_per_batch(self) -> int:
@@ -149,9 +139,9 @@ class GRPOModule(RolloutStage):
             rows = (equal[:, None] * size + torch.arange(size, device=equal.device)).flatten()
             again, again_rewards = self.draw(ids[rows], mask[rows], [records[i] for i in rows.tolist()])
             order = torch.arange(rewards.numel(), device=rewards.device)
-            within = torch.arange(size, device=order.device)
+            within, still_equal = torch.arange(size, device=order.device), self.equal_groups(again_rewards).tolist()
             for k, group in enumerate(equal.tolist()):
-                if not self.equal_groups(again_rewards)[k]:
+                if not still_equal[k]:
                     order[group * size:(group + 1) * size] = rewards.numel() + k * size + within
             generation = join_generations(samples.generation, again.generation, self.tokenizer.pad_id)
             texts = samples.texts + again.texts
@@ -290,18 +280,6 @@ class GRPOModule(RolloutStage):
             for callback in self.trainer.callbacks:
                 if isinstance(callback, Progress):
                     callback.emit(self.trainer, f"warning: {text}")
-
-    # ------------------------------------------------------------------------------------- validation
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Greedy answers to the validation prompts, scored like rollouts (val/reward, val/response_length)."""
-        greedy = RolloutConfig(self.rollout.max_new_tokens, temperature=0.0)
-        samples = sample(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], greedy,
-                         self.answer_stop_ids())
-        raw = self.reward_source.score(batch["records"], samples.texts, samples.generation)
-        size = len(samples.texts)
-        self.log("val/reward", raw.float().mean(), batch_size=size, sync_dist=True, prog_bar=True)
-        self.log("val/response_length", samples.generation.response_mask.sum(1).float().mean(), batch_size=size,
-                 sync_dist=True)
 
     # ------------------------------------------------------------------------------------- checkpoints
     def extra_state(self) -> dict[str, Any]:

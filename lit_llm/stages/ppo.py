@@ -34,7 +34,7 @@ the policy's trunk: half the memory and one forward pass for both, but the value
 features (`vf_coef` then trades value fit against policy quality).
 
 Steps and logging. Lightning counts optimizer steps in `trainer.global_step` (so `max_steps` counts updates:
-each rollout makes `updates_per_rollout` = ppo_epochs × ceil(mini-batches / accumulation) of them), while
+each rollout makes `updates_per_batch` = ppo_epochs × ceil(mini-batches / accumulation) of them), while
 `val_check_interval` and the MLflow step axis count rollouts (batches). Metrics per rollout under train/: reward
 (raw score), reward_normalized (after normalisation, clipping and penalty), kl (per-sequence sum of the
 estimator, mean over rollouts), kl_coef, entropy, clip_fraction, approx_kl (½·mean (log π − log π_old)²),
@@ -68,7 +68,7 @@ from lit_llm.checkpoint import load_backbone
 from lit_llm.losses import causal_lm_loss, gae, kl_penalty, masked_mean, ppo_policy_loss, ppo_value_loss
 from lit_llm.model import ScalarHead
 from lit_llm.lora import LoRAConfig
-from lit_llm.optim import OptimConfig, configure_adamw
+from lit_llm.optim import OptimConfig
 from lit_llm.rollout import (GOLD, KLConfig, KLController, RewardShaping, RolloutConfig, Samples, disable_dropout,
                              response_logprobs, reward_source, sample, sequence_logprobs, stopped)
 from lit_llm.stages.base import TRAIN_DTYPE
@@ -126,13 +126,10 @@ class PPOModule(RolloutStage):
         rollout_table_every: int = 50,
         rollout_table_rows: int = 8,
     ) -> None:
-        super().__init__(optim, lora)
+        super().__init__(optim, lora, rollout, rollout_table_every, rollout_table_rows)
         if value_model not in ("separate", "shared"):
             raise ValueError(f"value_model must be 'separate' or 'shared', got {value_model!r}")
-        self.rollout, self.shaping = rollout or RolloutConfig(), reward or RewardShaping()
-        if self.rollout.temperature <= 0:
-            raise ValueError(f"rollout.temperature must be > 0 for PPO rollouts (sampling), got "
-                             f"{self.rollout.temperature}")
+        self.shaping = reward or RewardShaping()
         self.init_from, self.reward_from, self.ref_from = init_from, reward_from, ref_from
         self.value_model, self.value_from = value_model, value_from
         kl = kl or KLConfig()
@@ -232,17 +229,11 @@ class PPOModule(RolloutStage):
 
     # ------------------------------------------------------------------------------------------ update
     @property
-    def updates_per_rollout(self) -> int:
+    def updates_per_batch(self) -> int:
         """Optimizer steps made per rollout batch (what `trainer.global_step` advances by)."""
         batch_size = getattr(getattr(self.trainer, "datamodule", None), "batch_size", self.update.mini_batch_size)
         minibatches = math.ceil(batch_size / self.update.mini_batch_size)
         return self.update.ppo_epochs * math.ceil(minibatches / self.update.gradient_accumulation_steps)
-
-    def configure_optimizers(self) -> dict:
-        total = self.trainer.max_steps
-        if total is None or total < 0:
-            total = int(self.trainer.estimated_stepping_batches) * self.updates_per_rollout
-        return configure_adamw(self, self.optim, total)
 
     def minibatch_loss(self, mb: Rollout, ptx: Tensor | None, value_only: bool = False
                        ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -265,7 +256,7 @@ class PPOModule(RolloutStage):
     @property
     def warming_up_value(self) -> bool:
         """True during the first `value_warmup_rollouts` rollouts (counted in optimizer steps, so resume-safe)."""
-        return self.trainer.global_step < self.update.value_warmup_rollouts * self.updates_per_rollout
+        return self.trainer.global_step < self.update.value_warmup_rollouts * self.updates_per_batch
 
     def ppo_update(self, rollout: Rollout, ptx: Tensor | None) -> dict[str, float]:
         """`ppo_epochs` passes over shuffled mini-batches; returns the mean of each statistic. During the value
@@ -326,18 +317,6 @@ class PPOModule(RolloutStage):
                  "reward": round(float(rollout.raw_scores[i]), 4), "score": round(float(rollout.scores[i]), 4),
                  "kl": round(float(kl[i]), 4)} for i in range(n)]
         self.log_rollout_table(rows)
-
-    # ------------------------------------------------------------------------------------- validation
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Greedy answers to the validation prompts, scored like rollouts (val/reward, val/response_length)."""
-        greedy = RolloutConfig(self.rollout.max_new_tokens, temperature=0.0)
-        samples = sample(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], greedy,
-                         self.answer_stop_ids())
-        raw = self.reward_source.score(batch["records"], samples.texts, samples.generation)
-        size = len(samples.texts)
-        self.log("val/reward", raw.mean(), batch_size=size, sync_dist=True, prog_bar=True)
-        self.log("val/response_length", samples.generation.response_mask.sum(1).float().mean(), batch_size=size,
-                 sync_dist=True)
 
     # ------------------------------------------------------------------------------------- checkpoints
     def extra_state(self) -> dict[str, Any]:
