@@ -13,9 +13,9 @@ from lit_llm.checkpoint import read_checkpoint
 from lit_llm.commands import main
 from lit_llm.generation import Generation
 from lit_llm.losses import aggregate_token_loss, group_advantages, overlong_penalty, ppo_policy_loss
-from lit_llm.rollout import FormatReward, RewardSource, RolloutConfig, WeightedRewards
+from lit_llm.rollout import FormatReward, RewardSource, RolloutConfig, WeightedRewards, sequence_logprobs
 from lit_llm.stages.grpo import GRPOModule
-from lit_llm.stages.grpo_parts import GroupConfig, GRPOLoss
+from lit_llm.stages.grpo_parts import GroupConfig, GRPOLoss, GRPOUpdate
 from tests.test_ppo import attach, ckpt, prompt_batch
 
 GRPO_TINY = str(Path(__file__).resolve().parents[1] / "configs" / "grpo" / "tiny.yaml")
@@ -85,6 +85,20 @@ def test_before_the_first_update_ratio_is_one_kl_zero_and_sampler_logprobs_match
         assert key in stats, key
 
 
+def test_without_recompute_the_first_minibatch_checks_the_sampler_and_measures_the_kl(tiny_pretrain: Path) -> None:
+    module = grpo_module(tiny_pretrain, update=GRPOUpdate(recompute_logprobs=False))
+    stats: dict[str, float] = {}
+    rollout, samples, _ = module.make_groups(prompt_batch(module, n=4), stats)
+    assert torch.equal(rollout.logprobs, samples.generation.logprobs) and rollout.ref_logprobs is None
+    assert "logprob_mismatch" not in stats  # measured by the update's first mini-batch instead
+    first = rollout.select(torch.arange(8))
+    _, without_reference = module.minibatch_loss(first)
+    assert "kl" not in without_reference and without_reference["logprob_error"].item() < 1e-5
+    first.ref_logprobs = module.reference_logprobs(first.tokens, first.attention_mask, first.response)
+    _, minibatch = module.minibatch_loss(first)
+    assert minibatch["kl"].item() == 0.0 and minibatch["ratio_error"].item() < 1e-5
+
+
 def test_groups_with_all_equal_rewards_give_no_gradient(tiny_pretrain: Path) -> None:
     module = grpo_module(tiny_pretrain)
     rollout, _, rewards = module.make_groups(prompt_batch(module, n=4), {})
@@ -99,6 +113,19 @@ def test_groups_with_all_equal_rewards_give_no_gradient(tiny_pretrain: Path) -> 
     loss.backward()
     grads = [p.grad for p in module.model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_positive_nll_imitates_the_correct_answers(tiny_pretrain: Path) -> None:
+    module = grpo_module(tiny_pretrain, loss=GRPOLoss(positive_nll_coef=0.5))
+    rollout, _, rewards = module.make_groups(prompt_batch(module, n=4), {})
+    assert rollout.positive.any()
+    assert torch.equal(rollout.positive, rollout.mask * (rewards == 1).float()[:, None])
+    with_nll, _ = module.minibatch_loss(rollout)
+    module.loss = GRPOLoss()
+    without, _ = module.minibatch_loss(rollout)
+    logprobs = sequence_logprobs(module.model, rollout.tokens, rollout.attention_mask, rollout.response, 1.0)[0]
+    nll = -(logprobs * rollout.positive).sum() / rollout.positive.sum()  # token mean over the positive responses
+    assert (with_nll - without).item() == pytest.approx(0.5 * nll.item(), rel=1e-5)
 
 
 def test_drop_takes_equal_groups_out_of_the_loss_and_resample_redraws_them(tiny_pretrain: Path) -> None:
@@ -132,7 +159,8 @@ def test_monitors_warn_when_nothing_can_be_learned(tiny_pretrain: Path, tmp_path
     main(["fit", *micro_grpo_args(root, ckpt(tiny_pretrain)), "--model.init_args.reward_from=[gold, format]",
           "--model.init_args.reward_weights=[1.0, 0.5]", "--model.init_args.group.dynamic_sampling=resample",
           "--model.init_args.loss.clip_range_high=0.28", "--model.init_args.loss.aggregation=token",
-          "--model.init_args.loss.overlong_buffer=2", "--model.init_args.loss.kl_coef=0.01"])
+          "--model.init_args.loss.overlong_buffer=2", "--model.init_args.loss.kl_coef=0.01",
+          "--model.init_args.update.recompute_logprobs=false"])
     checkpoint = read_checkpoint(ckpt(root))
     assert checkpoint["lit_llm"]["stage"] == "grpo" and checkpoint["global_step"] == 4
     assert checkpoint["lit_llm_grpo"]["generator_states"].shape[0] == 1

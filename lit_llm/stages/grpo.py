@@ -18,7 +18,11 @@ One training step = one batch of prompts from `lit_llm.data.prompts.PromptDataMo
    correct a real mismatch with importance weights; here there is none to correct).
 4. Update: `update.epochs` passes over shuffled mini-batches, one optimizer step each: the clipped surrogate
    (`losses.ppo_policy_loss` with ε_low/ε_high) aggregated per `loss.aggregation`
-   (`losses.aggregate_token_loss`), plus `loss.kl_coef` × the k3 KL to the reference (default 0).
+   (`losses.aggregate_token_loss`), plus `loss.kl_coef` × the k3 KL to the reference (default 0), plus
+   `loss.positive_nll_coef` × the token-mean NLL of the responses whose reward reaches `loss.positive_reward`
+   (VAPO's positive-example LM loss; default 0). The NLL counts every correct response, those of all-correct
+   groups too: those groups give no policy gradient (advantage 0) but do give the NLL's (measured: restricting
+   the NLL to groups that disagree gained a third as much, reports/grpo.md).
 
 Monitors every step under train/: reward, accuracy (gold correctness when the prompts carry answers), zero_
 variance_share (groups with all-equal rewards, before and after dynamic sampling), groups_all_correct /
@@ -168,18 +172,20 @@ class GRPOModule(RolloutStage):
         keep = torch.ones_like(equal) if self.group.dynamic_sampling == "off" else ~equal
         response_mask = gen.response_mask.float() * keep.repeat_interleave(size)[:, None].float()
         start = time.perf_counter()
-        logprobs = sequence_logprobs(self.model, gen.tokens, gen.attention_mask, gen.response,
-                                     self.rollout.temperature)[0]
-        with self.reference_model() as reference:
-            ref_logprobs = sequence_logprobs(reference, gen.tokens, gen.attention_mask, gen.response,
-                                             self.rollout.temperature)[0]
+        logprobs, ref_logprobs = gen.logprobs, None  # the sampler's: same weights, same softmax(logits / T)
+        if self.update.recompute_logprobs:
+            logprobs = sequence_logprobs(self.model, gen.tokens, gen.attention_mask, gen.response,
+                                         self.rollout.temperature)[0]
+            real = gen.response_mask
+            stats["logprob_mismatch"] = float((logprobs - gen.logprobs).abs()[real].max()) if real.any() else 0.0
+        if self.update.recompute_logprobs or self.loss.kl_coef:
+            ref_logprobs = self.reference_logprobs(gen.tokens, gen.attention_mask, gen.response)
         stats["time_score_s"] = time.perf_counter() - start
-        real = gen.response_mask
-        stats["logprob_mismatch"] = float((logprobs - gen.logprobs).abs()[real].max()) if real.any() else 0.0
         stats.update(self.rollout_stats(records, samples, rewards, equal))
         stats["samples_generated"] = float(self.samples_generated)
+        positive = gen.response_mask.float() * (rewards >= self.loss.positive_reward).float()[:, None]
         return (GroupRollout(gen.tokens, gen.attention_mask, gen.response, response_mask, logprobs, ref_logprobs,
-                             advantages), samples, rewards)
+                             advantages, positive), samples, rewards)
 
     def rollout_stats(self, records: list[dict], samples: Samples, rewards: Tensor, equal: Tensor
                       ) -> dict[str, float]:
@@ -200,6 +206,11 @@ class GRPOModule(RolloutStage):
                          .mean()), groups_all_wrong=float((correct.max(1).values == 0).float().mean()))
         return stats
 
+    @torch.no_grad()
+    def reference_logprobs(self, tokens: Tensor, attention_mask: Tensor, response: Tensor) -> Tensor:
+        with self.reference_model() as reference:
+            return sequence_logprobs(reference, tokens, attention_mask, response, self.rollout.temperature)[0]
+
     # ------------------------------------------------------------------------------------------ update
     def minibatch_loss(self, mb: GroupRollout) -> tuple[Tensor, dict[str, Tensor]]:
         """The GRPO loss of one mini-batch and its statistics."""
@@ -210,29 +221,46 @@ class GRPOModule(RolloutStage):
                                              self.loss.clip_range_high)
         max_tokens = self.rollout.max_new_tokens
         loss = aggregate_token_loss(per_token, mb.mask, self.loss.aggregation, max_tokens)
-        kl = kl_penalty(logprobs, mb.ref_logprobs, "k3")
-        if self.loss.kl_coef:
-            loss = loss + self.loss.kl_coef * aggregate_token_loss(kl, mb.mask, self.loss.aggregation, max_tokens)
+        stats = {}
+        if mb.ref_logprobs is not None:
+            kl = kl_penalty(logprobs, mb.ref_logprobs, "k3")
+            if self.loss.kl_coef:
+                loss = loss + self.loss.kl_coef * aggregate_token_loss(kl, mb.mask, self.loss.aggregation, max_tokens)
+            stats["kl"] = masked_mean(kl, mb.mask)
+        if self.loss.positive_nll_coef:
+            loss = loss - self.loss.positive_nll_coef * masked_mean(logprobs, mb.positive)
         ratio = torch.exp(logprobs.detach() - mb.logprobs)
-        stats = {"policy_loss": loss.detach(), "entropy": masked_mean(entropy, mb.mask), "kl": masked_mean(kl, mb.mask),
-                 "clip_fraction_low": masked_mean((clipped & (ratio < 1)).float(), mb.mask),
-                 "clip_fraction_high": masked_mean((clipped & (ratio > 1)).float(), mb.mask),
-                 "ratio_error": ((ratio - 1).abs() * mb.mask).max()}
+        real = mb.attention_mask[:, -mb.response.shape[1]:].bool()  # the generated tokens, dropped groups too
+        stats.update(policy_loss=loss, entropy=masked_mean(entropy, mb.mask),
+                     clip_fraction_low=masked_mean((clipped & (ratio < 1)).float(), mb.mask),
+                     clip_fraction_high=masked_mean((clipped & (ratio > 1)).float(), mb.mask),
+                     ratio_error=((ratio - 1).abs() * mb.mask).max(),
+                     logprob_error=(logprobs.detach() - mb.logprobs).abs()[real].max() if real.any()
+                     else ratio.new_zeros(()))
         return loss, {k: v.detach() for k, v in stats.items()}
 
     def grpo_update(self, rollout: GroupRollout) -> dict[str, float]:
         """`update.epochs` passes over shuffled mini-batches, one optimizer step each; the mean of each statistic,
-        and |ratio − 1| before the first step."""
+        and |ratio − 1| before the first step. Without `update.recompute_logprobs`, the first mini-batch's forward
+        (before any step) is the check of the sampler's log-probs, and the KL is measured there unless it is in the
+        loss."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         size, per = rollout.tokens.shape[0], self.update.mini_batch_size
         n_mini = -(-size // per)
         totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for epoch in range(self.update.epochs):
             order = torch.randperm(size, generator=self.rollout_generator(), device=self.device)
             for i in range(n_mini):
-                loss, stats = self.minibatch_loss(rollout.select(order[i * per:(i + 1) * per]))
-                if epoch == 0 and i == 0:
+                mb = rollout.select(order[i * per:(i + 1) * per])
+                first = epoch == 0 and i == 0
+                if first and mb.ref_logprobs is None:  # the KL monitor, when the KL is not in the loss
+                    mb.ref_logprobs = self.reference_logprobs(mb.tokens, mb.attention_mask, mb.response)
+                loss, stats = self.minibatch_loss(mb)
+                if first:
                     totals["ratio_start_error"] = float(stats["ratio_error"])
+                    if not self.update.recompute_logprobs:
+                        totals["logprob_mismatch"] = float(stats["logprob_error"])
                 self.manual_backward(loss)
                 if self.update.max_grad_norm is not None:
                     self.clip_gradients(optimizer, gradient_clip_val=self.update.max_grad_norm,
@@ -241,9 +269,10 @@ class GRPOModule(RolloutStage):
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 for key, value in stats.items():
-                    if key != "ratio_error":
-                        totals[key] = totals.get(key, 0.0) + float(value) / (self.update.epochs * n_mini)
-        return totals
+                    if key not in ("ratio_error", "logprob_error"):
+                        totals[key] = totals.get(key, 0.0) + float(value)
+                        counts[key] = counts.get(key, 0) + 1
+        return {k: v / counts[k] if k in counts else v for k, v in totals.items()}
 
     # -------------------------------------------------------------------------------------------- step
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:

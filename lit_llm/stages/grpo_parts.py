@@ -55,6 +55,10 @@ class GRPOLoss:
         overlong_buffer: DAPO's soft overlong penalty: the last this-many tokens before max_new_tokens cost up to
             `overlong_weight` of reward; 0 = off.
         overlong_weight: Size of that penalty at the limit.
+        positive_nll_coef: Weight of a language-model loss (token-mean NLL) on the responses whose reward reaches
+            `positive_reward` (VAPO's positive-example LM loss, Yue et al. 2025): it imitates the correct answers
+            the policy found, as RPO's NLL term does for DPO; 0 = off (plain GRPO).
+        positive_reward: The reward a response needs to count as positive (1.0: the gold verifier's "correct").
     """
 
     clip_range: float = 0.2
@@ -63,6 +67,8 @@ class GRPOLoss:
     kl_coef: float = 0.0
     overlong_buffer: int = 0
     overlong_weight: float = 1.0
+    positive_nll_coef: float = 0.0
+    positive_reward: float = 1.0
 
 
 @dataclass
@@ -73,11 +79,17 @@ class GRPOUpdate:
         epochs: Passes over the batch (more than 1: later mini-batches learn off-policy, through the ratio).
         mini_batch_size: Responses per mini-batch and optimizer step (per device).
         max_grad_norm: Clip the gradient norm before each step; None = off.
+        recompute_logprobs: Score the responses with a training forward (and the reference) after sampling, for
+            the ratio's denominator ("recompute old log-probs"), checking every sampled token. False uses the
+            sampler's log-probs, which are the same numbers (same weights, same softmax(logits / T)); the first
+            mini-batch's forward checks them, and the reference scores only that mini-batch (for the KL
+            monitor) unless `loss.kl_coef` > 0: one forward pass over the batch fewer, twice.
     """
 
     epochs: int = 1
     mini_batch_size: int = 64
     max_grad_norm: float | None = 1.0
+    recompute_logprobs: bool = True
 
 
 @dataclass
@@ -102,12 +114,14 @@ class GroupRollout:
     attention_mask: Tensor  # (B, P + N)
     response: Tensor        # (B, N)
     mask: Tensor            # (B, N) float: generated tokens up to the stop token, 0 for dropped groups
-    logprobs: Tensor        # (B, N) the training forward's, before any update (the ratio's denominator)
-    ref_logprobs: Tensor    # (B, N) the reference's
+    logprobs: Tensor        # (B, N) before any update (the ratio's denominator): training forward's or sampler's
+    ref_logprobs: Tensor | None  # (B, N) the reference's (None: not computed, see GRPOUpdate.recompute_logprobs)
     advantages: Tensor      # (B,) one per response
+    positive: Tensor        # (B, N) float: the generated tokens of responses with a positive reward (for the NLL)
 
     def select(self, index: Tensor) -> "GroupRollout":
-        return GroupRollout(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return GroupRollout(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                               for f in fields(self)})
 
 
 def join_generations(first: Generation, second: Generation, pad_id: int) -> Generation:
