@@ -12,10 +12,12 @@ One training step = one batch of prompts from `lit_llm.data.prompts.PromptDataMo
    (GRPO, DAPO) or not (Dr. GRPO), or r − the mean of the others (RLOO). A group whose rewards are all equal
    gives every response advantage 0; `group.dynamic_sampling` leaves such groups in ("off"), takes them out of
    the loss ("drop") or samples their prompts again first ("resample").
-3. Scoring pass (no gradients): the training forward's log-probs of the responses, the ratio's denominator, and
-   the reference's. `train/logprob_mismatch` is the largest |sampler − training forward| log-prob: the sampler's
-   log-probs are computed from the same weights under the same softmax(logits / T), so it stays ~1e-6 (peers
-   correct a real mismatch with importance weights; here there is none to correct).
+3. Scoring pass (no gradients; `update.recompute_logprobs`): the training forward's log-probs of the responses,
+   the ratio's denominator, and the reference's. `train/logprob_mismatch` is the largest |sampler − training
+   forward| log-prob: the sampler's log-probs are computed from the same weights under the same
+   softmax(logits / T), so it stays ~1e-5 (peers correct a real mismatch with importance weights; here there is
+   none to correct). Without the pass, the sampler's log-probs are the denominator and the update's first
+   mini-batch, before its step, measures the mismatch (and the KL, unless the KL is in the loss).
 4. Update: `update.epochs` passes over shuffled mini-batches, one optimizer step each: the clipped surrogate
    (`losses.ppo_policy_loss` with ε_low/ε_high) aggregated per `loss.aggregation`
    (`losses.aggregate_token_loss`), plus `loss.kl_coef` × the k3 KL to the reference (default 0), plus
@@ -54,6 +56,11 @@ from lit_llm.rollout import (RolloutConfig, Samples, disable_dropout, gold_corre
                              sequence_logprobs, stopped)
 from lit_llm.stages.grpo_parts import GroupConfig, GroupRollout, GRPOLoss, GRPOUpdate, Monitors, join_generations
 from lit_llm.stages.rollout_stage import RolloutStage
+
+
+def largest_gap(logprobs: Tensor, sampled: Tensor, generated: Tensor) -> Tensor:
+    """max |logprobs − sampled| over the generated tokens (0 when there are none): the sampler's mismatch."""
+    return (logprobs - sampled).abs()[generated].max() if generated.any() else logprobs.new_zeros(())
 
 
 class GRPOModule(RolloutStage):
@@ -176,8 +183,7 @@ class GRPOModule(RolloutStage):
         if self.update.recompute_logprobs:
             logprobs = sequence_logprobs(self.model, gen.tokens, gen.attention_mask, gen.response,
                                          self.rollout.temperature)[0]
-            real = gen.response_mask
-            stats["logprob_mismatch"] = float((logprobs - gen.logprobs).abs()[real].max()) if real.any() else 0.0
+            stats["logprob_mismatch"] = float(largest_gap(logprobs, gen.logprobs, gen.response_mask))
         if self.update.recompute_logprobs or self.loss.kl_coef:
             ref_logprobs = self.reference_logprobs(gen.tokens, gen.attention_mask, gen.response)
         stats["time_score_s"] = time.perf_counter() - start
@@ -230,13 +236,12 @@ class GRPOModule(RolloutStage):
         if self.loss.positive_nll_coef:
             loss = loss - self.loss.positive_nll_coef * masked_mean(logprobs, mb.positive)
         ratio = torch.exp(logprobs.detach() - mb.logprobs)
-        real = mb.attention_mask[:, -mb.response.shape[1]:].bool()  # the generated tokens, dropped groups too
+        generated = mb.attention_mask[:, -mb.response.shape[1]:].bool()  # dropped groups' tokens too
         stats.update(policy_loss=loss, entropy=masked_mean(entropy, mb.mask),
                      clip_fraction_low=masked_mean((clipped & (ratio < 1)).float(), mb.mask),
                      clip_fraction_high=masked_mean((clipped & (ratio > 1)).float(), mb.mask),
                      ratio_error=((ratio - 1).abs() * mb.mask).max(),
-                     logprob_error=(logprobs.detach() - mb.logprobs).abs()[real].max() if real.any()
-                     else ratio.new_zeros(()))
+                     logprob_error=largest_gap(logprobs.detach(), mb.logprobs, generated))
         return loss, {k: v.detach() for k, v in stats.items()}
 
     def grpo_update(self, rollout: GroupRollout) -> dict[str, float]:
