@@ -104,6 +104,35 @@ class StaticKVCache(KVCache):
         return self.k[layer], self.v[layer]
 
 
+class SharedPrefixCache:
+    """Keys/values of U prompts, each run once and shared by the B rows that continue it: the cache of a training
+    forward (no in-place writes, so gradients flow through it, unlike `KVCache`). The first call (the prompts,
+    (U, P)) records every layer's keys/values; the next (the continuations, (B, N)) attends to row b's prompt
+    `rows[b]` followed by its own tokens. G responses per prompt then cost one prompt pass instead of G (Prefix
+    Grouper, Liu et al. 2025).
+
+    Args:
+        rows: (B,) long, the prompt (0..U-1) each continuation row extends.
+    """
+
+    def __init__(self, rows: Tensor) -> None:
+        self.rows = rows
+        self.k: list[Tensor] = []
+        self.v: list[Tensor] = []
+        self.length = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.length == 0:  # the prompts' pass
+            self.k.append(k)
+            self.v.append(v)
+            return k, v
+        return (torch.cat([self.k[layer].index_select(0, self.rows), k], 2),
+                torch.cat([self.v[layer].index_select(0, self.rows), v], 2))
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with RoPE and grouped-query KV heads, through F.scaled_dot_product_attention."""
 

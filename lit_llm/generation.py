@@ -110,6 +110,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     compile_backend: str | None = None,
+    repeats: int = 1,
 ) -> Generation:
     """Generate continuations for a batch of left-padded prompts.
 
@@ -129,6 +130,8 @@ def generate(
             kernels, needs a C++ compiler on CPU) over a static cache, so every step has the same shapes. It pays
             for long generations only: the first call per (batch, prompt + new tokens) shape compiles (~10-20 s on
             a CPU), and the values differ from eager ones in the last bits. None (default): eager steps.
+        repeats: Continuations per prompt: row u * repeats + i of the result continues prompt u. With the KV cache
+            each prompt's pass runs once and its keys/values are copied to its rows.
 
     Returns:
         A ``Generation`` (see its docstring); N <= max_new_tokens columns (fewer when all rows stop early).
@@ -141,7 +144,7 @@ def generate(
         with torch.compiler.set_stance("force_eager"):
             return _generate(
                 model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, generator,
-                use_cache, compile_backend,
+                use_cache, compile_backend, repeats,
             )  # fmt: skip
     finally:
         model.train(was_training)
@@ -160,13 +163,15 @@ def _generate(
     generator: torch.Generator | None,
     use_cache: bool,
     compile_backend: str | None = None,
+    repeats: int = 1,
 ) -> Generation:
-    B, T0 = prompt_ids.shape
-    device = prompt_ids.device
+    U, T0 = prompt_ids.shape
+    B, device = U * repeats, prompt_ids.device
     total = T0 + max_new_tokens
     tokens = torch.full((B, total), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((B, total), dtype=torch.long, device=device)
-    tokens[:, :T0], mask[:, :T0] = prompt_ids, prompt_mask.long()
+    tokens[:, :T0], mask[:, :T0] = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.long().repeat_interleave(
+        repeats, 0)
     logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
     eos = _eos_tensor(eos_id, device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -188,6 +193,8 @@ def _generate(
             # only the last position's logits are needed: the LM head runs on it alone (not on the whole prompt)
             if cache is None:
                 hidden = model.hidden_states(tokens[:, :cur], attention_mask=step_mask)[:, -1]
+            elif step == 0 and repeats > 1:
+                hidden = shared_prefill(model, prompt_ids, prompt_mask if padded else None, cache, repeats)
             else:
                 start = cache.length  # first step feeds the prompt, later steps only the newest token
                 hidden = model.hidden_states(tokens[:, start:cur], attention_mask=step_mask, kv_cache=cache)[:, -1]
@@ -210,6 +217,18 @@ def _generate(
         response_mask=mask[:, T0:end].bool(),
         attention_mask=mask[:, :end],
     )
+
+
+def shared_prefill(model: Transformer, prompt_ids: Tensor, prompt_mask: Tensor | None, cache: KVCache,
+                   repeats: int) -> Tensor:
+    """The prompts' pass, each of the U prompts once: its keys/values are copied to its `repeats` rows of the
+    (U * repeats)-row cache. Returns the last position's hidden state of every row (U * repeats, d_model)."""
+    once = KVCache(model.config, prompt_ids.shape[0], prompt_ids.shape[1], prompt_ids.device, cache.k[0].dtype)
+    hidden = model.hidden_states(prompt_ids, attention_mask=prompt_mask, kv_cache=once)[:, -1]
+    for layer, (k, v) in enumerate(zip(once.k, once.v)):
+        cache.update(layer, k.repeat_interleave(repeats, 0), v.repeat_interleave(repeats, 0))
+    cache.advance(prompt_ids.shape[1])
+    return hidden.repeat_interleave(repeats, 0)
 
 
 def decode_step(model: Transformer, token: Tensor, positions: Tensor, keys: Tensor, cache: StaticKVCache) -> Tensor:

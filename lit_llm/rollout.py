@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lit_llm.attention import SharedPrefixCache
 from lit_llm.checkpoint import load_backbone
 from lit_llm.generation import Generation, generate
 from lit_llm.model import ScalarHead, Transformer
@@ -84,11 +85,13 @@ def decode_responses(tokenizer: Tokenizer, response: Tensor, mask: Tensor) -> li
 
 @torch.no_grad()
 def sample(model: Transformer, tokenizer: Tokenizer, prompt_ids: Tensor, prompt_mask: Tensor,
-           config: RolloutConfig, stop_ids: list[int], generator: torch.Generator | None = None) -> Samples:
-    """Responses to (B, T) left-padded prompts, sampled with the KV cache; each row stops at one of `stop_ids`."""
+           config: RolloutConfig, stop_ids: list[int], generator: torch.Generator | None = None, repeats: int = 1
+           ) -> Samples:
+    """Responses to (U, T) left-padded prompts, `repeats` per prompt (row u * repeats + i answers prompt u, whose
+    prompt pass runs once), sampled with the KV cache; each row stops at one of `stop_ids`."""
     generation = generate(model, prompt_ids, prompt_mask, config.max_new_tokens, temperature=config.temperature,
                           top_k=config.top_k, top_p=config.top_p, eos_id=stop_ids, pad_id=tokenizer.pad_id,
-                          generator=generator)
+                          generator=generator, repeats=repeats)
     return Samples(generation, decode_responses(tokenizer, generation.response, generation.response_mask))
 
 
@@ -109,6 +112,21 @@ def sequence_logprobs(model: Transformer, tokens: Tensor, attention_mask: Tensor
     start, end = tokens.shape[1] - response.shape[1] - 1, tokens.shape[1] - 1
     hidden = model.hidden_states(tokens, attention_mask)[:, start:end]
     return response_logprobs(model, hidden, response, temperature)
+
+
+def shared_prompt_logprobs(model: Transformer, tokens: Tensor, attention_mask: Tensor, response: Tensor,
+                           group: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """`sequence_logprobs` with each distinct prompt run once: rows with the same `group` id (B,) continue the
+    same prompt (the first P = width − N columns of `tokens` and `attention_mask`), whose keys/values the rows then
+    share (`attention.SharedPrefixCache`). The same values as one forward of the whole sequences, up to float
+    rounding; G samples per prompt cost one prompt pass instead of G."""
+    width = tokens.shape[1] - response.shape[1]
+    unique, rows = torch.unique(group, return_inverse=True)
+    first = torch.zeros_like(unique).scatter_(0, rows.flip(0), torch.arange(len(rows), device=rows.device).flip(0))
+    cache = SharedPrefixCache(rows)
+    prompt_last = model.hidden_states(tokens[first, :width], attention_mask[first, :width], kv_cache=cache)[:, -1:]
+    hidden = model.hidden_states(tokens[:, width:-1], attention_mask[:, :-1], kv_cache=cache)
+    return response_logprobs(model, torch.cat([prompt_last[rows], hidden], 1), response, temperature)
 
 
 def disable_dropout(model: nn.Module) -> None:

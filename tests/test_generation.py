@@ -159,3 +159,47 @@ def test_compiled_static_decode_equals_eager(window):
                           compile_backend="aot_eager", **sampling)
         assert torch.equal(static.tokens, eager.tokens) and torch.equal(static.response_mask, eager.response_mask)
         torch.testing.assert_close(static.logprobs, eager.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_repeats_share_each_prompt_pass_and_sample_as_repeated_prompts(window):
+    """generate(repeats=G) runs each prompt once and copies its keys/values to its G rows: the same tokens and
+    log-probs as the G-times repeated prompts, greedy and sampled with the same generator."""
+    model = tiny_model(sliding_window=window)
+    ids, mask = prompts()
+    shared = generate(model, ids, mask, max_new_tokens=10, temperature=0, repeats=3)
+    repeated = generate(model, ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), 10, temperature=0)
+    assert torch.equal(shared.tokens, repeated.tokens) and torch.equal(shared.attention_mask, repeated.attention_mask)
+    torch.testing.assert_close(shared.logprobs, repeated.logprobs, atol=1e-5, rtol=0)
+    sampled = [generate(model, *batch, max_new_tokens=10, temperature=1.0, repeats=r,
+                        generator=torch.Generator().manual_seed(4))
+               for batch, r in (((ids, mask), 3), ((ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)), 1))]
+    assert torch.equal(sampled[0].tokens, sampled[1].tokens)
+    torch.testing.assert_close(sampled[0].logprobs, sampled[1].logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", [{}, {"qkv_bias": True, "qk_norm": True}, {"sliding_window": 4}])
+def test_shared_prompt_forward_equals_the_full_forward_with_gradients(family):
+    """rollout.shared_prompt_logprobs (each prompt's pass once, its keys/values shared by the rows that continue
+    it) gives one full forward's log-probs, entropies and gradients, for rows in any order."""
+    from lit_llm.rollout import sequence_logprobs, shared_prompt_logprobs
+
+    model = tiny_model(**family)
+    ids, mask = prompts()
+    out = generate(model, ids, mask, 8, temperature=1.0, eos_id=3, repeats=3, generator=torch.Generator().manual_seed(1))
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(2))[:9]
+    tokens, attention, response = out.tokens[order], out.attention_mask[order], out.response[order]
+    results = []
+    for forward in (lambda: sequence_logprobs(model, tokens, attention, response, 1.0),
+                    lambda: shared_prompt_logprobs(model, tokens, attention, response, order // 3, 1.0)):
+        model.zero_grad()
+        logprobs, entropy = forward()
+        ((logprobs + 0.1 * entropy) * out.response_mask[order]).sum().backward()
+        results.append((logprobs.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]))
+    (full_lp, full_ent, full_grads), (lp, ent, grads) = results
+    keep = out.response_mask[order]
+    torch.testing.assert_close(lp[keep], full_lp[keep], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent[keep], full_ent[keep], atol=1e-5, rtol=0)
+    torch.testing.assert_close(lp[keep], out.logprobs[order][keep], atol=1e-5, rtol=0)  # and the sampler's
+    for grad, full in zip(grads, full_grads):
+        torch.testing.assert_close(grad, full, atol=1e-4, rtol=1e-4)

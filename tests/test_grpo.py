@@ -94,7 +94,7 @@ def test_without_recompute_the_first_minibatch_checks_the_sampler_and_measures_t
     first = rollout.select(torch.arange(8))
     _, without_reference = module.minibatch_loss(first)
     assert "kl" not in without_reference and without_reference["logprob_error"].item() < 1e-5
-    first.ref_logprobs = module.reference_logprobs(first.tokens, first.attention_mask, first.response)
+    first.ref_logprobs = module.reference_logprobs(first.tokens, first.attention_mask, first.response, first.group)
     _, minibatch = module.minibatch_loss(first)
     assert minibatch["kl"].item() == 0.0 and minibatch["ratio_error"].item() < 1e-5
 

@@ -113,6 +113,7 @@ class GroupRollout:
     tokens: Tensor          # (B, P + N) left-padded prompt + right-padded response
     attention_mask: Tensor  # (B, P + N)
     response: Tensor        # (B, N)
+    group: Tensor           # (B,) long: the prompt (g) each row answers; rows of a group share its prompt pass
     mask: Tensor            # (B, N) float: generated tokens up to the stop token, 0 for dropped groups
     logprobs: Tensor        # (B, N) before any update (the ratio's denominator): training forward's or sampler's
     ref_logprobs: Tensor | None  # (B, N) the reference's (None: not computed, see GRPOUpdate.recompute_logprobs)
