@@ -85,11 +85,13 @@ def sample_and_score(model: torch.nn.Module, tokenizer: Tokenizer, records: list
     rows = [rec for rec in records for _ in range(n)]  # each prompt n times, adjacent
     generator = torch.Generator().manual_seed(seed)
     config, stop = RolloutConfig(max_new_tokens, temperature), tokenizer.chat_stop_ids()
+    repeats = n if batch_size % n == 0 else 1  # whole groups per batch: each prompt's pass runs once for its n rows
     texts, scores = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        ids, mask = left_pad([tokenizer.render_prompt(r["prompt"], system_prompt) for r in chunk], tokenizer.pad_id)
-        samples = sample(model, tokenizer, ids, mask, config, stop, generator)
+        ids, mask = left_pad([tokenizer.render_prompt(r["prompt"], system_prompt) for r in chunk[::repeats]],
+                             tokenizer.pad_id)
+        samples = sample(model, tokenizer, ids, mask, config, stop, generator, repeats=repeats)
         texts += samples.texts
         scores.append(source.normalize(source.score(chunk, samples.texts, samples.generation)).float().cpu())
     grouped = [texts[i : i + n] for i in range(0, len(texts), n)]

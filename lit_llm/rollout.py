@@ -23,10 +23,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lit_llm.attention import SharedPrefixCache
 from lit_llm.checkpoint import load_backbone
 from lit_llm.generation import Generation, generate
 from lit_llm.model import ScalarHead, Transformer
+from lit_llm.shared_prefix import first_rows, shared_prefix_hidden
 from lit_llm.tokenizer import Tokenizer
 from lit_llm.world import gold_reward
 
@@ -118,15 +118,14 @@ def shared_prompt_logprobs(model: Transformer, tokens: Tensor, attention_mask: T
                            group: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """`sequence_logprobs` with each distinct prompt run once: rows with the same `group` id (B,) continue the
     same prompt (the first P = width − N columns of `tokens` and `attention_mask`), whose keys/values the rows then
-    share (`attention.SharedPrefixCache`). The same values as one forward of the whole sequences, up to float
-    rounding; G samples per prompt cost one prompt pass instead of G."""
+    share (`lit_llm.shared_prefix`). The same values as one forward of the whole sequences, up to float rounding;
+    G samples per prompt cost one prompt pass instead of G."""
     width = tokens.shape[1] - response.shape[1]
     unique, rows = torch.unique(group, return_inverse=True)
-    first = torch.zeros_like(unique).scatter_(0, rows.flip(0), torch.arange(len(rows), device=rows.device).flip(0))
-    cache = SharedPrefixCache(rows)
-    prompt_last = model.hidden_states(tokens[first, :width], attention_mask[first, :width], kv_cache=cache)[:, -1:]
-    hidden = model.hidden_states(tokens[:, width:-1], attention_mask[:, :-1], kv_cache=cache)
-    return response_logprobs(model, torch.cat([prompt_last[rows], hidden], 1), response, temperature)
+    first = first_rows(rows, len(unique))
+    last, hidden = shared_prefix_hidden(model, tokens[first, :width], attention_mask[first, :width], rows,
+                                        tokens[:, width:-1], attention_mask[:, width:-1])
+    return response_logprobs(model, torch.cat([last[rows, None], hidden], 1), response, temperature)
 
 
 def disable_dropout(model: nn.Module) -> None:

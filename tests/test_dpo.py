@@ -13,6 +13,7 @@ from lit_llm.checkpoint import read_checkpoint
 from lit_llm.commands import main
 from lit_llm.data.preference import PreferenceDataModule
 from lit_llm.losses import cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss, rpo_nll_loss
+from lit_llm.shared_prefix import shared_prefix_target_logprobs
 from lit_llm.stages.dpo import DPOModule
 from tests.conftest import REPO
 
@@ -62,6 +63,33 @@ def test_first_loss_is_ln2_and_reference_is_frozen_outside_the_module(tiny_pretr
     assert sum(p.numel() for p in module.parameters()) == module.model.num_params()
     with pytest.raises(ValueError, match="loss_type"):
         DPOModule(ckpt(tiny_pretrain), loss_type="kto")
+
+
+def test_each_prompt_runs_once_with_the_whole_rows_values_and_gradients(tiny_pretrain: Path) -> None:
+    """DPO's sequence log-probs share each prompt's pass between its responses (pairs and ranked lists of 4):
+    the values and gradients of one forward of the whole rows; a prompt truncated differently for two of its
+    responses makes the batch run whole."""
+    module = DPOModule(ckpt(tiny_pretrain))
+    batch = next(iter(micro_data(module, num_pairs=6, num_ranked=4, batch_size=6).train_dataloader()))
+    assert batch["sequence_prompt_index"].bincount().max() == 4  # a ranked list in the batch
+    model = module.model
+    results = []
+    for forward in (lambda: shared_prefix_target_logprobs(model, batch["input_ids"], batch["labels"],
+                                                          batch["sequence_prompt_index"]),
+                    lambda: model.target_logprobs(model.hidden_states(batch["input_ids"], batch["attention_mask"]),
+                                                  batch["labels"]).sum(-1)):
+        model.zero_grad()
+        values = forward()
+        values.sum().backward()
+        results.append((values.detach(), [p.grad.clone() for p in model.parameters()]))
+    (shared, shared_grads), (whole, whole_grads) = results
+    torch.testing.assert_close(shared, whole, atol=2e-5, rtol=1e-6)
+    for grad, expected in zip(shared_grads, whole_grads):
+        torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(module.sequence_logprobs(model, batch), whole, atol=2e-5, rtol=1e-6)
+    cut = {**batch, "input_ids": batch["input_ids"].clone()}
+    cut["input_ids"][0, 1] += 1  # row 0's prompt now differs from its prompt's other responses
+    assert shared_prefix_target_logprobs(model, cut["input_ids"], cut["labels"], cut["sequence_prompt_index"]) is None
 
 
 class LossRecorder(pl.Callback):

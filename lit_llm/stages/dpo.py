@@ -38,9 +38,10 @@ from torch.utils.data import DataLoader
 
 from lit_llm.losses import (IGNORE_INDEX, cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss,
                             rpo_nll_loss)
-from lit_llm.model import Transformer
 from lit_llm.lora import LoRAConfig
+from lit_llm.model import Transformer
 from lit_llm.optim import OptimConfig
+from lit_llm.shared_prefix import shared_prefix_target_logprobs
 from lit_llm.stages.base import StageModule
 
 LossType = Literal["sigmoid", "cdpo", "ipo", "hinge"]
@@ -114,7 +115,14 @@ class DPOModule(StageModule):
 
     # ----------------------------------------------------------------------------------------- log-probs
     def sequence_logprobs(self, model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(N,) float32 sum of log-probs over each row's response targets, all rows in one forward pass."""
+        """(N,) float32 sum of log-probs over each row's response targets. Each prompt runs once and its responses
+        share its keys/values (`lit_llm.shared_prefix`); with activation checkpointing, or a prompt whose responses
+        were truncated differently, all rows run whole in one forward pass."""
+        if not getattr(model, "activation_checkpointing", False):
+            shared = shared_prefix_target_logprobs(model, batch["input_ids"], batch["labels"],
+                                                   batch["sequence_prompt_index"])
+            if shared is not None:
+                return shared
         hidden = model.hidden_states(batch["input_ids"], attention_mask=batch["attention_mask"])  # (N, T, d)
         return model.target_logprobs(hidden, batch["labels"]).sum(-1)  # the head on response positions only
 

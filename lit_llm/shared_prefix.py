@@ -1,0 +1,81 @@
+"""Running each shared prompt once. A prompt's G sampled responses (GRPO) or its chosen and rejected responses (DPO)
+all start with the same tokens; instead of every row running them again, the prompts run once and their keys and
+values are shared by the rows that continue them (`attention.SharedPrefixCache`; Prefix Grouper, Liu et al. 2025).
+The results equal one forward of the whole rows up to float rounding, gradients included (tests/test_generation.py,
+tests/test_dpo.py).
+
+Layout: U prompts left-padded to (U, P), each row b's continuation right-padded to (B, C), `rows[b]` the prompt
+it extends. Positions come from the masks, so a continuation token sits where it sits in the whole row.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from lit_llm.attention import SharedPrefixCache
+from lit_llm.losses import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from lit_llm.model import Transformer
+
+
+def first_rows(rows: Tensor, count: int) -> Tensor:
+    """(count,) the first row index of each group 0..count-1 of `rows` (B,) (every group must occur)."""
+    order = torch.arange(len(rows), device=rows.device)
+    return torch.full((count,), len(rows), device=rows.device, dtype=torch.long).scatter_reduce_(
+        0, rows, order, "amin")
+
+
+def shared_prefix_hidden(model: Transformer, prompts: Tensor, prompt_mask: Tensor, rows: Tensor,
+                         continuation: Tensor, continuation_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Final hidden states of the (U, P) left-padded prompts, each run once, and of the (B, C) right-padded
+    continuations, row b attending to prompt `rows[b]`'s keys/values and then its own.
+
+    Returns:
+        The hidden state of each prompt's last position (U, d_model), which predicts its continuations' first
+        token, and the continuations' (B, C, d_model).
+    """
+    cache = SharedPrefixCache(rows)
+    last = model.hidden_states(prompts, prompt_mask, kv_cache=cache)[:, -1]
+    if not continuation.shape[1]:
+        return last, last.new_zeros(len(rows), 0, last.shape[-1])
+    mask = torch.cat([prompt_mask[rows], continuation_mask], 1)
+    return last, model.hidden_states(continuation, mask, kv_cache=cache)
+
+
+def shared_prefix_target_logprobs(model: Transformer, input_ids: Tensor, labels: Tensor, prompt_index: Tensor
+                                  ) -> Tensor | None:
+    """(N,) float32 sum of each row's target log-probs, as `model.target_logprobs(model.hidden_states(input_ids,
+    mask), labels).sum(-1)` computes them on (N, T) right-padded rows, with each prompt run once.
+
+    A row's prefix is its tokens up to the position that predicts its first target (labels != IGNORE_INDEX); rows
+    with the same `prompt_index` (N,) share it. None when they do not (a prompt truncated differently for two of
+    its responses) or a row has no target: the caller then runs the whole rows.
+    """
+    targets = labels != IGNORE_INDEX
+    if not bool(targets.any(1).all()):
+        return None
+    N, T = labels.shape
+    pos = torch.arange(T, device=labels.device)
+    first = torch.where(targets, pos, T).min(1).values  # (N,) last prefix position: predicts the first target
+    lengths = torch.where(targets, pos, -1).max(1).values - first  # (N,) continuation tokens
+    unique, rows = torch.unique(prompt_index, return_inverse=True)
+    rep = first_rows(rows, len(unique))  # (U,) a row per prompt
+    same_prefix = (first == first[rep][rows]) & ((input_ids == input_ids[rep][rows]) | (pos > first[:, None])).all(1)
+    if not bool(same_prefix.all()):
+        return None
+    width = first[rep] + 1  # (U,) prefix lengths
+    P, C = int(width.max()), int(lengths.max())
+    source = pos[:P] - (P - width)[:, None]  # (U, P) left-padded: column j holds token j − (P − width)
+    prompt_mask = (source >= 0).long()
+    prompts = input_ids[rep].gather(1, source.clamp(min=0)) * prompt_mask
+    continuation_mask = (pos[:C] < lengths[:, None]).long()  # (N, C): tokens first + 1 .. first + length
+    continuation = input_ids.gather(1, (first[:, None] + 1 + pos[:C]).clamp(max=T - 1)) * continuation_mask
+    last, hidden = shared_prefix_hidden(model, prompts, prompt_mask, rows, continuation, continuation_mask)
+    hidden = torch.cat([last[rows, None], hidden], 1)  # (N, C + 1, d): positions first .. first + C
+    shifted = labels.gather(1, (first[:, None] + pos[:C + 1]).clamp(max=T - 1))
+    shifted = shifted.masked_fill(pos[:C + 1] > lengths[:, None], IGNORE_INDEX)
+    return model.target_logprobs(hidden, shifted).sum(-1)
