@@ -130,3 +130,31 @@ def test_command_writes_data_stats_and_an_mlflow_run_parented_to_the_policy(tiny
     assert run.data.tags["lit_llm.stage"] == "rejection_sampling"
     assert run.data.tags["lit_llm.parent_run_id"] == read_checkpoint(policy)["lit_llm"]["mlflow_run_id"]
     assert run.data.metrics["rejection/usable_pair_share"] == pytest.approx(stats["usable_pair_share"])
+
+
+def test_whole_groups_per_batch_share_the_prompt_pass_with_the_same_samples(tiny_pretrain: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With batch_size a multiple of n, each prompt's pass runs once for its n samples (`sample(repeats=n)`): the
+    same texts and scores as sampling the n-times repeated prompts row by row."""
+    from lit_llm import rejection
+    from lit_llm.checkpoint import load_backbone
+
+    loaded = load_backbone(tiny_pretrain / "checkpoints" / "last.ckpt")
+    source, prompts = reward_source("gold", loaded.tokenizer), ppo_prompts(8, seed=0)
+    calls = []
+
+    def spy(*args, repeats=1, **kwargs):
+        calls.append(repeats)
+        return real(*args, repeats=repeats, **kwargs)
+
+    def repeated_rows(model, tok, ids, mask, *args, repeats=1, **kwargs):
+        return real(model, tok, ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0), *args, **kwargs)
+
+    real = rejection.sample
+    outputs = []
+    for replacement in (spy, repeated_rows):
+        monkeypatch.setattr(rejection, "sample", replacement)
+        outputs.append(sample_and_score(loaded.model, loaded.tokenizer, prompts, 4, source, max_new_tokens=8,
+                                        temperature=1.0, batch_size=16, seed=0))
+    assert calls == [4, 4]
+    assert outputs[0][0] == outputs[1][0] and torch.equal(outputs[0][1], outputs[1][1])
