@@ -151,12 +151,19 @@ def test_generation_restores_training_mode():
 def test_compiled_static_decode_equals_eager(window):
     # aot_eager traces the decode step through dynamo and AOTAutograd without generating kernels: the static cache,
     # the tensor slot and the key mask are what is checked (inductor gives the same tokens, at ~10 s of compiling).
+    # One graph for all the steps of a shape: a step that recompiles (a guard on a changing stride or length) would
+    # cost a compile per token.
+    from torch._dynamo.utils import counters
+
     model = tiny_model(sliding_window=window)  # grouped-query (2 KV heads) as every model here
     ids, mask = prompts()
+    torch._dynamo.reset()
+    counters.clear()
     for sampling in ({"temperature": 0.0}, {"temperature": 1.0, "top_k": 20}):
         eager = generate(model, ids, mask, 10, eos_id=[7, 9], generator=torch.Generator().manual_seed(3), **sampling)
         static = generate(model, ids, mask, 10, eos_id=[7, 9], generator=torch.Generator().manual_seed(3),
                           compile_backend="aot_eager", **sampling)
+        assert counters["stats"]["unique_graphs"] == 1
         assert torch.equal(static.tokens, eager.tokens) and torch.equal(static.response_mask, eager.response_mask)
         torch.testing.assert_close(static.logprobs, eager.logprobs, atol=1e-5, rtol=0)
 
