@@ -252,8 +252,10 @@ def static_step(model: Transformer, tokens: Tensor, mask: Tensor, cache: StaticK
     cache.at(cur - 1)
     keys = torch.zeros_like(mask, dtype=torch.bool)  # (B, S)
     keys[:, :cur] = decode_key_mask(mask[:, :cur], model.config.sliding_window)
-    # contiguous: a slice of the (B, cur) positions has stride cur, a new guard (a recompile) every step
-    positions = default_position_ids(mask.shape[0], 1, cur - 1, mask[:, :cur], None, mask.device).contiguous()
+    # a fresh (B, 1): a slice of the (B, cur) positions keeps stride cur (also at B = 1, where .contiguous() keeps
+    # it), a new guard and so a recompile every step
+    positions = default_position_ids(mask.shape[0], 1, cur - 1, mask[:, :cur], None, mask.device).clone(
+        memory_format=torch.contiguous_format)
     if backend not in _COMPILED:
         _COMPILED[backend] = torch.compile(decode_step, backend=backend, dynamic=False)
     with torch.compiler.set_stance("default"):  # generate() runs training-compiled blocks eagerly

@@ -166,6 +166,9 @@ def test_compiled_static_decode_equals_eager(window):
         assert counters["stats"]["unique_graphs"] == 1
         assert torch.equal(static.tokens, eager.tokens) and torch.equal(static.response_mask, eager.response_mask)
         torch.testing.assert_close(static.logprobs, eager.logprobs, atol=1e-5, rtol=0)
+    one = generate(model, ids[1:2], mask[1:2], 10, temperature=0.0, compile_backend="aot_eager")  # batch 1
+    assert counters["stats"]["unique_graphs"] == 2
+    assert torch.equal(one.tokens, generate(model, ids[1:2], mask[1:2], 10, temperature=0.0).tokens)
 
 
 @pytest.mark.parametrize("window", [None, 4])
