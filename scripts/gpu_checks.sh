@@ -4,7 +4,8 @@
 #      KV-cache generation, DPO/PPO steps)            -> bench.json, performance_gpu.md
 #   2. our generation against transformers' generate on the GPU, eager and with the compiled decode step
 #                                                       -> gen_vs_hf.json
-#   3. a 1-GPU FSDP run of the tiny recipe: a sharded checkpoint at step 100, then resumed from it to step 150
+#   3. a 1-GPU FSDP run of the tiny recipe: a sharded checkpoint at step 100, then resumed from it to step 150, and
+#      20 FSDP steps of DPO from it (each block runs twice per forward: the prompts, then the responses)
 #                                                       -> fsdp/
 #   4. the tinystories_hh recipe's configs (pretrain, SFT, reward, DPO at their GPU sizes) for $STEPS steps each,
 #      on the task world as stand-in data (no hub access assumed)   -> tinystories_hh/
@@ -51,6 +52,11 @@ if [ "$DEVICE" = cuda ]; then
   lit-llm fit "${fsdp[@]}" --trainer.max_steps=100
   test -d "$OUT/fsdp/checkpoints/last.ckpt"  # a directory of shards
   lit-llm fit "${fsdp[@]}" --trainer.max_steps=150 --ckpt_path=last
+  # DPO runs each decoder block twice per forward (a prompt's pass, then its responses': lit_llm.shared_prefix)
+  lit-llm fit --config configs/dpo/tiny.yaml --config configs/strategy/fsdp.yaml --trainer.devices=1 \
+    --trainer.max_steps=20 --trainer.val_check_interval=20 "--trainer.default_root_dir=$OUT/fsdp_dpo" \
+    --trainer.logger.init_args.experiment_name=gpu-checks --data.init_args.source=tasks \
+    "--model.init_args.init_from=$OUT/fsdp/checkpoints/last.ckpt"
 else
   echo "skipped on $DEVICE"
 fi
