@@ -8,7 +8,7 @@ One training step = one batch of prompts from `lit_llm.data.prompts.PromptDataMo
    prompt's pass once for its G rows. Every later forward over the groups (scoring, reference, update) also runs
    each distinct prompt once and shares its keys/values with the rows that answer it
    (`rollout.shared_prompt_logprobs`, Prefix Grouper: Liu et al. 2025): the same values up to float rounding, a
-   quarter less time per batch on the tiny recipe. Each response is scored by the reward source: the task
+   fifth less time per batch on the tiny recipe. Each response is scored by the reward source: the task
    world's gold verifier (`reward_from: gold`), a format bonus ("format"), a reward-model checkpoint, or a
    weighted sum of them (`reward_weights`); DAPO's soft overlong penalty is added when `loss.overlong_buffer` > 0.
 2. Advantages per response from its group's rewards (`losses.group_advantages`): r − mean, divided by the std
