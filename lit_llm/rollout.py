@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lit_llm.checkpoint import load_backbone
 from lit_llm.generation import Generation, generate
 from lit_llm.model import ScalarHead, Transformer
-from lit_llm.shared_prefix import first_rows, shared_prefix_hidden
+from lit_llm.shared_prefix import prompt_groups, shared_prefix_hidden
 from lit_llm.tokenizer import Tokenizer
 from lit_llm.world import gold_reward
 
@@ -121,8 +121,7 @@ def shared_prompt_logprobs(model: Transformer, tokens: Tensor, attention_mask: T
     share (`lit_llm.shared_prefix`). The same values as one forward of the whole sequences, up to float rounding;
     G samples per prompt cost one prompt pass instead of G."""
     width = tokens.shape[1] - response.shape[1]
-    unique, rows = torch.unique(group, return_inverse=True)
-    first = first_rows(rows, len(unique))
+    rows, first = prompt_groups(group)
     last, hidden = shared_prefix_hidden(model, tokens[first, :width], attention_mask[first, :width], rows,
                                         tokens[:, width:-1], attention_mask[:, width:-1])
     return response_logprobs(model, torch.cat([last[rows, None], hidden], 1), response, temperature)

@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from lit_llm.model import Transformer
 
 
-def first_rows(rows: Tensor, count: int) -> Tensor:
-    """(count,) the first row index of each group 0..count-1 of `rows` (B,) (every group must occur)."""
+def prompt_groups(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """The prompts of (B,) rows labelled by any ids: each row's prompt number `rows` (B,) in 0..U-1, and the first
+    row of each prompt (U,)."""
+    unique, rows = torch.unique(ids, return_inverse=True)
     order = torch.arange(len(rows), device=rows.device)
-    return torch.full((count,), len(rows), device=rows.device, dtype=torch.long).scatter_reduce_(
-        0, rows, order, "amin")
+    first = torch.full((len(unique),), len(rows), device=rows.device, dtype=torch.long)
+    return rows, first.scatter_reduce_(0, rows, order, "amin")
 
 
 def shared_prefix_hidden(model: Transformer, prompts: Tensor, prompt_mask: Tensor, rows: Tensor,
@@ -62,8 +64,7 @@ def shared_prefix_target_logprobs(model: Transformer, input_ids: Tensor, labels:
     pos = torch.arange(T, device=labels.device)
     first = torch.where(targets, pos, T).min(1).values  # (N,) last prefix position: predicts the first target
     lengths = torch.where(targets, pos, -1).max(1).values - first  # (N,) continuation tokens
-    unique, rows = torch.unique(prompt_index, return_inverse=True)
-    rep = first_rows(rows, len(unique))  # (U,) a row per prompt
+    rows, rep = prompt_groups(prompt_index)  # rep (U,): a row per prompt
     same_prefix = (first == first[rep][rows]) & ((input_ids == input_ids[rep][rows]) | (pos > first[:, None])).all(1)
     if not bool(same_prefix.all()):
         return None

@@ -118,7 +118,7 @@ class DPOModule(StageModule):
         """(N,) float32 sum of log-probs over each row's response targets. Each prompt runs once and its responses
         share its keys/values (`lit_llm.shared_prefix`); with activation checkpointing, or a prompt whose responses
         were truncated differently, all rows run whole in one forward pass."""
-        if not getattr(model, "activation_checkpointing", False):
+        if not model.activation_checkpointing:
             shared = shared_prefix_target_logprobs(model, batch["input_ids"], batch["labels"],
                                                    batch["sequence_prompt_index"])
             if shared is not None:
