@@ -79,16 +79,16 @@ class KVCache:
 
 
 class StaticKVCache(KVCache):
-    """A KVCache whose decode steps have fixed shapes, for a compiled decode step (`generation.generate`'s
-    `compile_backend`): a step writes its key/value at the position held in the tensor `slot` (index_copy, so the
-    position is data, not a Python int a compiled graph would specialise on) and attends over the whole buffer, the
-    unfilled positions hidden by the caller's key mask. The prompt is written the dynamic way (`update` with
-    `slot` None)."""
+    """A KVCache for a compiled decode step (`generation.generate`'s `compile_backend`): a step writes its key/value
+    at the position held in the tensor `slot` (index_copy, so the position is data, not a Python int a compiled
+    graph would specialise on) and attends over the first `visible` slots, a dynamic dimension of the graph set by
+    the step (`generation.decode_step`). The prompt is written the dynamic way (`update` with `slot` None)."""
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device | str,
                  dtype: torch.dtype) -> None:
         super().__init__(config, batch_size, max_len, device, dtype)
         self.slot: Tensor | None = None  # (1,) long: the position a decode step writes; None while prefilling
+        self.visible: int | None = None  # keys a decode step attends over (the first `visible` slots); None: all
 
     def at(self, position: int) -> None:
         """The next `update`s (one decode step) write at `position`."""
@@ -101,7 +101,7 @@ class StaticKVCache(KVCache):
             return super().update(layer, k, v)
         self.k[layer].index_copy_(2, self.slot, k)
         self.v[layer].index_copy_(2, self.slot, v)
-        return self.k[layer], self.v[layer]
+        return self.k[layer][:, :, : self.visible], self.v[layer][:, :, : self.visible]
 
 
 class SharedPrefixCache:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -127,9 +128,10 @@ def generate(
         generator: Random generator for reproducible sampling (must live on the model's device).
         use_cache: Use a KV cache; False recomputes the whole sequence each step (the correctness reference).
         compile_backend: Run each decode step as one `torch.compile`d graph on this backend ("inductor": fused
-            kernels, needs a C++ compiler on CPU) over a static cache, so every step has the same shapes. It pays
-            for long generations only: the first call per (batch, prompt + new tokens) shape compiles (~10-20 s on
-            a CPU), and the values differ from eager ones in the last bits. None (default): eager steps.
+            kernels, needs a C++ compiler on CPU) over a preallocated cache, the number of keys a dynamic
+            dimension, so one graph serves every step and length. It pays for long generations only: the first
+            call per batch size compiles (~10-20 s on a CPU), and the values differ from eager ones in the last
+            bits. None (default): eager steps.
         repeats: Continuations per prompt: row u * repeats + i of the result continues prompt u. With the KV cache
             each prompt's pass runs once and its keys/values are copied to its rows.
 
@@ -232,8 +234,10 @@ def shared_prefill(model: Transformer, prompt_ids: Tensor, prompt_mask: Tensor |
 
 
 def decode_step(model: Transformer, token: Tensor, positions: Tensor, keys: Tensor, cache: StaticKVCache) -> Tensor:
-    """Next-token logits (B, V) float32 of one token per row over a static cache: token and positions (B, 1), keys
-    (B, S) bool, True where the new token may attend (its own slot included). The blocks are the model's own."""
+    """Next-token logits (B, V) float32 of one token per row over a `StaticKVCache`: token and positions (B, 1), keys
+    (B, L) bool for the first L cache slots, True where the new token may attend (its own slot included). The blocks
+    are the model's own."""
+    cache.visible = keys.shape[1]  # attend over the L slots written so far, not the whole buffer
     x = model.embed(token)
     rope = model.rope(positions)
     mask = keys[:, None, None, :]
@@ -248,17 +252,22 @@ _COMPILED: dict[str, Callable[..., Tensor]] = {}
 def static_step(model: Transformer, tokens: Tensor, mask: Tensor, cache: StaticKVCache, cur: int,
                 backend: str) -> Tensor:
     """Feed tokens[:, cur - 1] (the newest) through the compiled `decode_step`, with the eager step's keys and
-    positions; the keys are widened to the whole static buffer, the slots not yet written hidden."""
+    positions. The number of slots attended (cur) and the buffers' length are dynamic dimensions of the graph: one
+    graph serves every step and every generation length of a batch size, and attention reads only the written slots
+    (a static length would read the whole buffer every step)."""
+    if cache.slot is None:  # the first decode step of this cache
+        for buffer in (*cache.k, *cache.v):
+            torch._dynamo.mark_dynamic(buffer, 2)
     cache.at(cur - 1)
-    keys = torch.zeros_like(mask, dtype=torch.bool)  # (B, S)
-    keys[:, :cur] = decode_key_mask(mask[:, :cur], model.config.sliding_window)
-    # a fresh (B, 1): a slice of the (B, cur) positions keeps stride cur (also at B = 1, where .contiguous() keeps
-    # it), a new guard and so a recompile every step
-    positions = default_position_ids(mask.shape[0], 1, cur - 1, mask[:, :cur], None, mask.device).clone(
-        memory_format=torch.contiguous_format)
+    keys = decode_key_mask(mask[:, :cur], model.config.sliding_window)  # (B, cur)
+    torch._dynamo.mark_dynamic(keys, 1)
+    # fresh (B, 1) tensors: a slice of a (B, n) one keeps stride n (also at B = 1, where .contiguous() keeps it),
+    # a guard on it and so a recompile every step (positions) or generation length (tokens)
+    fresh = partial(torch.clone, memory_format=torch.contiguous_format)
+    positions = fresh(default_position_ids(mask.shape[0], 1, cur - 1, mask[:, :cur], None, mask.device))
     if backend not in _COMPILED:
         _COMPILED[backend] = torch.compile(decode_step, backend=backend, dynamic=False)
     with torch.compiler.set_stance("default"):  # generate() runs training-compiled blocks eagerly
-        logits = _COMPILED[backend](model, tokens[:, cur - 1 : cur], positions, keys, cache)
+        logits = _COMPILED[backend](model, fresh(tokens[:, cur - 1 : cur]), positions, keys, cache)
     cache.advance(1)
     return logits

@@ -151,8 +151,8 @@ def test_generation_restores_training_mode():
 def test_compiled_static_decode_equals_eager(window):
     # aot_eager traces the decode step through dynamo and AOTAutograd without generating kernels: the static cache,
     # the tensor slot and the key mask are what is checked (inductor gives the same tokens, at ~10 s of compiling).
-    # One graph for all the steps of a shape: a step that recompiles (a guard on a changing stride or length) would
-    # cost a compile per token.
+    # One graph per batch size, for all steps and lengths: a step that recompiles (a guard on a changing stride or
+    # length) would cost a compile per token.
     from torch._dynamo.utils import counters
 
     model = tiny_model(sliding_window=window)  # grouped-query (2 KV heads) as every model here
@@ -166,6 +166,9 @@ def test_compiled_static_decode_equals_eager(window):
         assert counters["stats"]["unique_graphs"] == 1
         assert torch.equal(static.tokens, eager.tokens) and torch.equal(static.response_mask, eager.response_mask)
         torch.testing.assert_close(static.logprobs, eager.logprobs, atol=1e-5, rtol=0)
+    shorter = generate(model, ids, mask, 5, temperature=0.0, compile_backend="aot_eager")  # a shorter static cache
+    assert counters["stats"]["unique_graphs"] == 1
+    assert torch.equal(shorter.tokens, generate(model, ids, mask, 5, temperature=0.0).tokens)
     one = generate(model, ids[1:2], mask[1:2], 10, temperature=0.0, compile_backend="aot_eager")  # batch 1
     assert counters["stats"]["unique_graphs"] == 2
     assert torch.equal(one.tokens, generate(model, ids[1:2], mask[1:2], 10, temperature=0.0).tokens)
