@@ -14,13 +14,18 @@ Bad input (the README's "Bad input" table lists what each module does with it):
         and line, with its value as written.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
+
+if TYPE_CHECKING:  # imported where a source is read: a stage whose data needs no file (the task world) skips it
+    import datasets
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
@@ -111,6 +116,8 @@ def load_local(source: str | Path) -> datasets.Dataset:
                          else f"{source}: no records (every file is empty)")
     builder = BUILDERS[files[0].suffix]
     kwargs = {"sample_by": "document"} if builder == "text" else {}
+    import datasets
+
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
     except Exception as err:
@@ -127,6 +134,8 @@ def load_source(source: str, split: str = "train", name: str | None = None) -> d
         return load_local(source)
     if source.startswith((".", "/")) or Path(source).suffix in BUILDERS:
         raise FileNotFoundError(f"data source not found: {source}")
+    import datasets
+
     return datasets.load_dataset(source, name, split=split)
 
 
