@@ -82,11 +82,14 @@ class StaticKVCache(KVCache):
     """A KVCache for a compiled decode step (`generation.generate`'s `compile_backend`): a step writes its key/value
     at the position held in the tensor `slot` (index_copy, so the position is data, not a Python int a compiled
     graph would specialise on) and attends over the first `visible` slots, a dynamic dimension of the graph set by
-    the step (`generation.decode_step`). The prompt is written the dynamic way (`update` with `slot` None)."""
+    the step (`generation.decode_step`), as is the buffers' length. The prompt is written the dynamic way (`update`
+    with `slot` None)."""
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device: torch.device | str,
                  dtype: torch.dtype) -> None:
         super().__init__(config, batch_size, max_len, device, dtype)
+        for buffer in (*self.k, *self.v):  # one compiled graph for every cache length
+            torch._dynamo.mark_dynamic(buffer, 2)
         self.slot: Tensor | None = None  # (1,) long: the position a decode step writes; None while prefilling
         self.visible: int | None = None  # keys a decode step attends over (the first `visible` slots); None: all
 

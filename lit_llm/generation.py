@@ -255,9 +255,6 @@ def static_step(model: Transformer, tokens: Tensor, mask: Tensor, cache: StaticK
     positions. The number of slots attended (cur) and the buffers' length are dynamic dimensions of the graph: one
     graph serves every step and every generation length of a batch size, and attention reads only the written slots
     (a static length would read the whole buffer every step)."""
-    if cache.slot is None:  # the first decode step of this cache
-        for buffer in (*cache.k, *cache.v):
-            torch._dynamo.mark_dynamic(buffer, 2)
     cache.at(cur - 1)
     keys = decode_key_mask(mask[:, :cur], model.config.sliding_window)  # (B, cur)
     torch._dynamo.mark_dynamic(keys, 1)
