@@ -3,7 +3,7 @@
     python benchmarks/render_side_by_side.py --speed /tmp/sbs/speed.json --model-only /tmp/sbs/speed.json \
         --loss /tmp/sbs/loss.json --generation /tmp/sbs/gen_vs_hf.json \
         --dpo /tmp/sbs/dpo_vs_trl.json /tmp/sbs/dpo_vs_trl_precompute.json --startup /tmp/sbs/startup.json \
-        --notes benchmarks/side_by_side_notes.md --out reports/side_by_side.md
+        --levers /tmp/sbs/levers.json --notes benchmarks/side_by_side_notes.md --out reports/side_by_side.md
 """
 
 from __future__ import annotations
@@ -154,6 +154,20 @@ def startup_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def levers_section(result: dict) -> list[str]:
+    lines = ["## Levers measured and not used (A/B in one process)", "", f"    {result['command']}", "",
+             f"A is the code as it is, B the lever; each round runs both on the same inputs, alternating which goes "
+             f"first; the ratio is A's time ÷ B's (above 1: the lever pays). torch {result['torch']}; "
+             f"{load_line(result)}.", "",
+             "| lever | workload | threads | rounds | A median | B median | A ÷ B (median) | range |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['lever']} | {r['workload']} | {r['threads']} | {len(r['rounds'])} | "
+                     f"{r['a_median_s'] * 1e3:.1f} ms | {r['b_median_s'] * 1e3:.1f} ms | {r['ratio_median']:.2f}x | "
+                     f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
+    return lines + ["", "Times are per training step, or per generated token position of the batch (decode).", ""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speed", required=True)
@@ -162,6 +176,7 @@ def main() -> None:
     p.add_argument("--generation", required=True)
     p.add_argument("--dpo", nargs="*", default=[], help="JSON files of benchmarks/dpo_vs_trl.py (one per mode)")
     p.add_argument("--startup", default=None, help="JSON of benchmarks/startup.py")
+    p.add_argument("--levers", default=None, help="JSON of benchmarks/levers.py")
     p.add_argument("--notes", default=None, help="a markdown file appended as the report's discussion")
     p.add_argument("--out", default="reports/side_by_side.md")
     args = p.parse_args()
@@ -175,6 +190,8 @@ def main() -> None:
         lines += dpo_section([load(path) for path in args.dpo])
     if args.startup:
         lines += startup_section(load(args.startup))
+    if args.levers:
+        lines += levers_section(load(args.levers))
     if args.notes:
         lines += [Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines))

@@ -1,0 +1,193 @@
+"""Levers of the speed issue that the package does not use, each measured as an A/B in one process.
+
+Each lever compares the code as it is (A) with the lever applied (B) on the same inputs, alternating which side runs
+first in each round; the ratio is A's median time ÷ B's (above 1: the lever pays) and the table gives its median and
+range over the rounds.
+
+- Training levers use the models-alone loop of `nanogpt_side_by_side.py` (forward, loss, backward, clipping and
+  AdamW; nanoGPT's CPU shape: 4 layers, 128 dims, context 64, batch 12, SwiGLU width 341), torch's default threads.
+- The decode lever uses `generation_vs_transformers.py`'s model (6 layers, 384 dims) and shape (batch 8, 128-token
+  prompts, 128 new tokens, greedy), the compiled decode step, 1 thread; both sides must choose the same tokens.
+
+`fuse_projections` is the stored layout the issue names as a lever: q/k/v as one matrix and SwiGLU's gate/up as one,
+so a block runs 4 matmuls instead of 7 (as nanoGPT's GPT-2 block does). It exists here only to be measured.
+
+    python benchmarks/levers.py --rounds 7 --out /tmp/sbs/levers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_llm.generation import generate
+from lit_llm.model import ModelConfig, Transformer
+from lit_llm.rope import apply_rope
+
+sys.path.insert(0, os.path.dirname(__file__))
+from nanogpt_side_by_side import D_FF, SHAPE, model_step_seconds  # noqa: E402
+
+VOCAB = 264  # nanoGPT's byte vocabulary in the side-by-side
+DECODE = dict(batch=8, prompt_len=128, new_tokens=128)
+
+
+def _fused_attention(self: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, is_causal: bool,
+                     layer: int = 0, kv_cache=None) -> Tensor:
+    B, T, _ = x.shape
+    q, k, v = F.linear(x, self.wqkv).split(self.split, -1)
+    q, k = q.view(B, T, self.n_head, -1), k.view(B, T, self.n_kv_head, -1)
+    q, k = apply_rope(q, *rope).transpose(1, 2), apply_rope(k, *rope).transpose(1, 2)
+    v = self._heads(v, self.n_kv_head)
+    if kv_cache is not None:
+        k, v = kv_cache.update(layer, k, v)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                       enable_gqa=self.n_kv_head != self.n_head)
+    return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+def _fused_swiglu(self: nn.Module, x: Tensor) -> Tensor:
+    gate, up = F.linear(x, self.w_gate_up).chunk(2, -1)
+    return self.w_down(F.silu(gate) * up)
+
+
+def fuse_projections(model: Transformer) -> Transformer:
+    """In place: each block's wq/wk/wv replaced by one stored `wqkv` parameter and w_gate/w_up by `w_gate_up`, same
+    values (no biases or q/k norms: the presets measured here have none)."""
+    assert not model.config.qkv_bias and not model.config.qk_norm
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        attn.split = [attn.wq.out_features, attn.wk.out_features, attn.wv.out_features]
+        attn.wqkv = nn.Parameter(torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight]).detach())
+        mlp.w_gate_up = nn.Parameter(torch.cat([mlp.w_gate.weight, mlp.w_up.weight]).detach())
+        del attn.wq, attn.wk, attn.wv, mlp.w_gate, mlp.w_up
+        attn.forward = types.MethodType(_fused_attention, attn)
+        mlp.forward = types.MethodType(_fused_swiglu, mlp)
+    return model
+
+
+def lm_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+
+def lm_loss_bf16(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def blocks_compiled(model: Transformer) -> Transformer:
+    """What `lit_llm.callbacks.Compile` does: each block through torch.compile, in place."""
+    for block in model.blocks:
+        block.compile()
+    return model
+
+
+def training_model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=VOCAB, n_layer=SHAPE["n_layer"], n_head=SHAPE["n_head"],
+                                   d_model=SHAPE["n_embd"], max_seq_len=SHAPE["block_size"], d_ff=D_FF))
+
+
+def training_batches(steps: int = 40) -> list[tuple[Tensor, Tensor]]:
+    shape = (SHAPE["batch_size"], SHAPE["block_size"])
+    return [(torch.randint(0, VOCAB, shape), torch.randint(0, VOCAB, shape)) for _ in range(steps)]
+
+
+def decode_seconds(model: Transformer, prompts: Tensor) -> tuple[float, Tensor]:
+    """Seconds per generated token position of one compiled-decode `generate` call, and its tokens."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = generate(model, prompts, torch.ones_like(prompts), DECODE["new_tokens"], temperature=0.0,
+                       compile_backend="inductor")
+    return (time.perf_counter() - start) / DECODE["new_tokens"], out.tokens
+
+
+def training_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
+    """(lever, workload, inputs of a round, A's seconds, B's seconds)."""
+    ours = training_model()
+    x, y = training_batches(1)[0]
+    fused_loss = lm_loss(fuse_projections(copy.deepcopy(ours)), x, y)
+    torch.testing.assert_close(fused_loss, lm_loss(ours, x, y), rtol=1e-5, atol=1e-6)  # the same model
+    torch.testing.assert_close(lm_loss_bf16(ours, x, y), lm_loss(ours, x, y), rtol=2e-2, atol=2e-2)
+    step = partial(partial, model_step_seconds)
+    return [
+        ("q/k/v and gate/up stored as one matrix each (4 matmuls per block instead of 7)", "training step, eager",
+         training_batches, step(ours, lm_loss), step(fuse_projections(copy.deepcopy(ours)), lm_loss)),
+        ("the same, both sides' whole step compiled", "training step, compiled",
+         training_batches, step(copy.deepcopy(ours), torch.compile(lm_loss)),
+         step(fuse_projections(copy.deepcopy(ours)), torch.compile(lm_loss))),
+        ("whole step compiled (model and loss) instead of each block (the Compile callback)",
+         "training step, compiled", training_batches, step(blocks_compiled(copy.deepcopy(ours)), lm_loss),
+         step(copy.deepcopy(ours), torch.compile(lm_loss))),
+        ("bf16 autocast (this CPU has avx512_bf16)", "training step, eager",
+         training_batches, step(ours, lm_loss), step(copy.deepcopy(ours), lm_loss_bf16)),
+    ]
+
+
+def decode_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
+    torch.manual_seed(0)
+    ours = Transformer(ModelConfig(vocab_size=4096, n_layer=6, n_head=6, d_model=384, max_seq_len=512)).eval()
+    fused = fuse_projections(copy.deepcopy(ours))
+    prompts = torch.randint(0, 4096, (DECODE["batch"], DECODE["prompt_len"]))
+    (_, a), (_, b) = decode_seconds(ours, prompts), decode_seconds(fused, prompts)
+    assert torch.equal(a, b), "the fused layout chose other tokens"
+    first = lambda model, _: decode_seconds(model, prompts)[0]  # noqa: E731
+    return [("q/k/v and gate/up stored as one matrix each", "compiled decode step, batch 8, 1 thread",
+             lambda: None, partial(first, ours), partial(first, fused))]
+
+
+def measure(levers: list, rounds: int) -> list[dict]:
+    rows = []
+    for name, workload, inputs, time_a, time_b in levers:
+        warm = inputs()
+        time_a(warm), time_b(warm)  # compiles, caches
+        per_round = []
+        for r in range(rounds):
+            data = inputs()
+            if r % 2:
+                b, a = time_b(data), time_a(data)
+            else:
+                a, b = time_a(data), time_b(data)
+            per_round.append({"a_s": a, "b_s": b, "ratio": a / b, "load": os.getloadavg()[0]})
+        ratios = [x["ratio"] for x in per_round]
+        rows.append({"lever": name, "workload": workload, "threads": torch.get_num_threads(), "rounds": per_round,
+                     "a_median_s": statistics.median(x["a_s"] for x in per_round),
+                     "b_median_s": statistics.median(x["b_s"] for x in per_round),
+                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)})
+        print(f"{name} [{workload}]: {rows[-1]['ratio_median']:.3f}x (range {min(ratios):.3f}-{max(ratios):.3f})",
+              flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", default="levers.json")
+    args = p.parse_args()
+    result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "load_avg_start": os.getloadavg()}
+    rows = measure(training_levers(), args.rounds)
+    torch.set_num_threads(1)
+    result["rows"] = rows + measure(decode_levers(), args.rounds)
+    result["load_avg_end"] = os.getloadavg()
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
