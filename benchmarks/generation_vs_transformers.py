@@ -26,6 +26,7 @@ import torch
 import transformers
 from transformers import LlamaForCausalLM
 
+from lit_llm.bench.settings import PRESETS
 from lit_llm.generation import generate
 from lit_llm.hf import export_hf
 from lit_llm.model import ModelConfig, Transformer
@@ -66,7 +67,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=4096, n_layer=6, n_head=6, d_model=384, max_seq_len=512)
+    config = ModelConfig(**PRESETS["small"])
     model = Transformer(config).eval()
     with tempfile.TemporaryDirectory() as folder:
         export_hf(model, None, folder)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_llm.bench.settings import PRESETS
 from lit_llm.generation import generate
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.rope import apply_rope
@@ -118,14 +119,15 @@ def decode_seconds(model: Transformer, prompts: Tensor) -> tuple[float, Tensor]:
 def training_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
     """(lever, workload, inputs of a round, A's seconds, B's seconds)."""
     ours = training_model()
+    fused = fuse_projections(copy.deepcopy(ours))
     x, y = training_batches(1)[0]
-    fused_loss = lm_loss(fuse_projections(copy.deepcopy(ours)), x, y)
-    torch.testing.assert_close(fused_loss, lm_loss(ours, x, y), rtol=1e-5, atol=1e-6)  # the same model
-    torch.testing.assert_close(lm_loss_bf16(ours, x, y), lm_loss(ours, x, y), rtol=2e-2, atol=2e-2)
+    loss = lm_loss(ours, x, y)
+    torch.testing.assert_close(lm_loss(fused, x, y), loss, rtol=1e-5, atol=1e-6)  # the same model
+    torch.testing.assert_close(lm_loss_bf16(ours, x, y), loss, rtol=2e-2, atol=2e-2)
     step = partial(partial, model_step_seconds)
     return [
         ("q/k/v and gate/up stored as one matrix each (4 matmuls per block instead of 7)", "training step, eager",
-         training_batches, step(ours, lm_loss), step(fuse_projections(copy.deepcopy(ours)), lm_loss)),
+         training_batches, step(ours, lm_loss), step(fused, lm_loss)),
         ("the same, both sides' whole step compiled", "training step, compiled",
          training_batches, step(copy.deepcopy(ours), torch.compile(lm_loss)),
          step(fuse_projections(copy.deepcopy(ours)), torch.compile(lm_loss))),
@@ -139,7 +141,7 @@ def training_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
 
 def decode_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
     torch.manual_seed(0)
-    ours = Transformer(ModelConfig(vocab_size=4096, n_layer=6, n_head=6, d_model=384, max_seq_len=512)).eval()
+    ours = Transformer(ModelConfig(**PRESETS["small"])).eval()
     fused = fuse_projections(copy.deepcopy(ours))
     prompts = torch.randint(0, 4096, (DECODE["batch"], DECODE["prompt_len"]))
     (_, a), (_, b) = decode_seconds(ours, prompts), decode_seconds(fused, prompts)
