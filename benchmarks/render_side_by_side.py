@@ -1,9 +1,10 @@
 """Write reports/side_by_side.md from the JSON files of the side-by-side benchmarks (never typed by hand).
 
     python benchmarks/render_side_by_side.py --speed /tmp/sbs/speed.json --model-only /tmp/sbs/speed.json \
-        --loss /tmp/sbs/loss.json --generation /tmp/sbs/gen_vs_hf.json \
-        --dpo /tmp/sbs/dpo_vs_trl.json /tmp/sbs/dpo_vs_trl_precompute.json --startup /tmp/sbs/startup.json \
-        --levers /tmp/sbs/levers.json --notes benchmarks/side_by_side_notes.md --out reports/side_by_side.md
+        --loss /tmp/sbs/loss.json --generation /tmp/sbs/gen_vs_hf.json /tmp/sbs/gen_vs_hf_t2.json \
+        --dpo /tmp/sbs/dpo_vs_trl.json /tmp/sbs/dpo_vs_trl_precompute.json /tmp/sbs/dpo_vs_trl_t2.json \
+        --startup /tmp/sbs/startup.json --levers /tmp/sbs/levers.json --notes benchmarks/side_by_side_notes.md \
+        --out reports/side_by_side.md
 """
 
 from __future__ import annotations
@@ -97,29 +98,32 @@ def loss_section(result: dict) -> list[str]:
     return lines + [""]
 
 
-def generation_section(result: dict) -> list[str]:
-    compiled = "compiled_ratio_median" in result["rows"][0]
-    lines = ["## Generation: lit_llm's KV cache vs transformers' generate (same exported weights)", "",
-             f"    {result['command']}", "",
-             f"{result['params']:,}-parameter random backbone exported with `lit-llm export`'s code and loaded by "
-             f"transformers {result['transformers']} (`LlamaForCausalLM`, SDPA attention); greedy, no eos; both "
-             f"produced the same tokens in every round; torch {result['torch']}, {result['threads']} thread(s); "
-             f"{load_line(result)}.", "",
-             "| batch | lit_llm tokens/s | transformers tokens/s | lit_llm speed ÷ transformers (median of rounds) |"
-             + " lit_llm compiled decode tokens/s | compiled ÷ transformers | first compiled call (compiles) |"
-             * compiled, "|---:" * (7 if compiled else 4) + "|"]
-    for r in result["rows"]:
-        line = (f"| {r['batch']} | {r['ours_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} | "
-                f"{r['ratio_median']:.2f}x |")
-        if compiled:
-            line += (f" {r['compiled_tokens_per_s']:.1f} | {r['compiled_ratio_median']:.2f}x | "
-                     f"{r['first_compiled_call_s']:.1f} s |")
-        lines.append(line)
+def generation_section(results: list[dict]) -> list[str]:
+    """One table row per (thread count, batch size): one JSON file of the benchmark per thread count."""
+    first = results[0]
+    compiled = "compiled_ratio_median" in first["rows"][0]
+    loads = "; ".join(f"{r['threads']} thread(s): {load_line(r)}" for r in results)
+    lines = ["## Generation: lit_llm's KV cache vs transformers' generate (same exported weights)", ""]
+    lines += [f"    {r['command']}" for r in results]
+    lines += ["", f"{first['params']:,}-parameter random backbone exported with `lit-llm export`'s code and loaded "
+              f"by transformers {first['transformers']} (`LlamaForCausalLM`, SDPA attention); greedy, no eos; both "
+              f"produced the same tokens in every round; torch {first['torch']}; {loads}.", "",
+              "| threads | batch | lit_llm tokens/s | transformers tokens/s | lit_llm speed ÷ transformers (median of "
+              "rounds) |" + " lit_llm compiled decode tokens/s | compiled ÷ transformers | first compiled call "
+              "(compiles) |" * compiled, "|---:" * (8 if compiled else 5) + "|"]
+    for result in results:
+        for r in result["rows"]:
+            line = (f"| {result['threads']} | {r['batch']} | {r['ours_tokens_per_s']:.1f} | "
+                    f"{r['transformers_tokens_per_s']:.1f} | {r['ratio_median']:.2f}x |")
+            if compiled:
+                line += (f" {r['compiled_tokens_per_s']:.1f} | {r['compiled_ratio_median']:.2f}x | "
+                         f"{r['first_compiled_call_s']:.1f} s |")
+            lines.append(line)
     return lines + [""]
 
 
 def dpo_section(results: list[dict]) -> list[str]:
-    """One table row per mode (reference forward every step, precomputed reference log-probs)."""
+    """One table row per run: its mode (reference forward every step, precomputed reference log-probs) and threads."""
     first = results[0]
     trl = first["versions"]["trl_env"]
     lines = ["## DPO: lit_llm's DPOModule vs TRL's DPOTrainer (same model, same tokens, alternating processes)", ""]
@@ -127,17 +131,19 @@ def dpo_section(results: list[dict]) -> list[str]:
     lines += ["", f"A random tiny Llama (the `tiny` preset) exported by `lit-llm export`'s code, the same 2,000 task-world "
               f"pairs in file order, batch 16 pairs, max length 128, β 0.1, float32, constant LR, the same AdamW, "
               f"clipping 1.0; TRL {trl['trl']} with transformers {trl['transformers']} in its own environment "
-              f"(torch {trl['torch']}); {first['threads']} torch thread per process; the first batch's tokens and a "
-              f"digest of all pairs are asserted equal, the first loss is ln 2 on both sides, and the losses agree at "
-              f"every step (largest difference in the column).", "",
-              "| reference log-probs | rounds | TRL pairs/s | lit_llm pairs/s | lit_llm ÷ TRL (median of rounds) | "
-              "reference precompute TRL / lit_llm | max loss difference | load |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              f"(torch {trl['torch']}); the threads column is torch's threads in each process; the first batch's "
+              f"tokens and a digest of all pairs are asserted equal, the first loss is ln 2 on both sides, and the "
+              f"losses agree at every step (largest difference in the column).", "",
+              "| reference log-probs | threads | rounds | TRL pairs/s | lit_llm pairs/s | lit_llm ÷ TRL (median of "
+              "rounds) | reference precompute TRL / lit_llm | max loss difference | load |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         pre = r.get("median_precompute_s")
         rounds = r["rounds"]
         load = f"{min(x['trl_load_start'] for x in rounds):.2f}–{max(x['ours_load_end'] for x in rounds):.2f}"
         pre_text = f"{pre['trl']:.1f} s / {pre['ours']:.1f} s" if pre else "–"
-        lines.append(f"| {'precomputed' if r['precompute'] else 'forward every step'} | {len(rounds)} | "
+        mode = "precomputed" if r["precompute"] else "forward every step"
+        lines.append(f"| {mode} | {r['threads']} | {len(rounds)} | "
                      f"{r['median_pairs_per_s']['trl']:.1f} | {r['median_pairs_per_s']['ours']:.1f} | "
                      f"{r['median_ratio']:.2f}x | {pre_text} | {r['max_abs_loss_diff']:.1e} | {load} |")
     return lines + [""]
@@ -173,8 +179,10 @@ def main() -> None:
     p.add_argument("--speed", required=True)
     p.add_argument("--model-only", required=True, help="JSON of a --model-only-rounds run")
     p.add_argument("--loss", required=True)
-    p.add_argument("--generation", required=True)
-    p.add_argument("--dpo", nargs="*", default=[], help="JSON files of benchmarks/dpo_vs_trl.py (one per mode)")
+    p.add_argument("--generation", nargs="+", required=True,
+                   help="JSON files of benchmarks/generation_vs_transformers.py (one per thread count)")
+    p.add_argument("--dpo", nargs="*", default=[],
+                   help="JSON files of benchmarks/dpo_vs_trl.py (one per mode and thread count)")
     p.add_argument("--startup", default=None, help="JSON of benchmarks/startup.py")
     p.add_argument("--levers", default=None, help="JSON of benchmarks/levers.py")
     p.add_argument("--notes", default=None, help="a markdown file appended as the report's discussion")
@@ -185,7 +193,7 @@ def main() -> None:
              f"below each table. Machine: {cpu_model()}, {os.cpu_count()} cores (virtual machine), CPU only.", ""]
     lines += speed_section(load(args.speed)) + model_only_section(load(args.model_only))
     lines += loss_section(load(args.loss))
-    lines += generation_section(load(args.generation))
+    lines += generation_section([load(path) for path in args.generation])
     if args.dpo:
         lines += dpo_section([load(path) for path in args.dpo])
     if args.startup:
