@@ -143,7 +143,7 @@ def decode_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
     torch.manual_seed(0)
     ours = Transformer(ModelConfig(**PRESETS["small"])).eval()
     fused = fuse_projections(copy.deepcopy(ours))
-    prompts = torch.randint(0, 4096, (DECODE["batch"], DECODE["prompt_len"]))
+    prompts = torch.randint(0, ours.config.vocab_size, (DECODE["batch"], DECODE["prompt_len"]))
     (_, a), (_, b) = decode_seconds(ours, prompts), decode_seconds(fused, prompts)
     assert torch.equal(a, b), "the fused layout chose other tokens"
     first = lambda model, _: decode_seconds(model, prompts)[0]  # noqa: E731

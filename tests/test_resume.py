@@ -139,7 +139,7 @@ def every_kill_point() -> list[tuple[str, int, bool, int]]:
     return points
 
 
-@pytest.mark.skipif(not os.environ.get("RESUME_TEST_ALL"), reason="all kill points: set RESUME_TEST_ALL=1 "
+@pytest.mark.skipif(not ALL, reason="all kill points: set RESUME_TEST_ALL=1 "
                     "(about 15 minutes)")
 @pytest.mark.parametrize("stage,step,during_save,saved_step", every_kill_point())
 def test_every_kill_point_resumes_exactly(stage: str, step: int, during_save: bool, saved_step: int, uninterrupted,
