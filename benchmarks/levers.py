@@ -10,7 +10,11 @@ range over the rounds.
   prompts, 128 new tokens, greedy), the compiled decode step, 1 thread; both sides must choose the same tokens.
 
 `fuse_projections` is the stored layout the issue names as a lever: q/k/v as one matrix and SwiGLU's gate/up as one,
-so a block runs 4 matmuls instead of 7 (as nanoGPT's GPT-2 block does). It exists here only to be measured.
+so a block runs 4 matmuls instead of 7 (as nanoGPT's GPT-2 block does). It exists here only to be measured, as does
+`RMSNormOneNode` (on CPU, F.rms_norm is a composite that autograd differentiates op by op).
+
+The second table is not levers: it swaps a Llama part for its GPT-2 counterpart (a different model, same parameter
+count and matmul FLOPs) in the same training loop, to show what each part costs at nanoGPT's size.
 
     python benchmarks/levers.py --rounds 7 --out /tmp/sbs/levers.json
 """
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_llm.attention import RMSNorm
 from lit_llm.bench.settings import PRESETS
 from lit_llm.generation import generate
 from lit_llm.model import ModelConfig, Transformer
@@ -77,6 +82,74 @@ def fuse_projections(model: Transformer) -> Transformer:
         attn.forward = types.MethodType(_fused_attention, attn)
         mlp.forward = types.MethodType(_fused_swiglu, mlp)
     return model
+
+
+class RMSNormOneNode(torch.autograd.Function):
+    """F.rms_norm's float32 arithmetic as one autograd node: the composite's gradient formulas in fewer passes
+    (doubling is exact, so grad * (2 x) = (2 grad) * x). Alone, the same outputs and gradients bit for bit; in the
+    model the residual stream's gradient then sums its terms in another order (equal to rounding; asserted)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:  # noqa: ANN001 (autograd's ctx)
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        normed = x * rstd
+        ctx.save_for_backward(x, normed, rstd, weight)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
+        x, normed, rstd, weight = ctx.saved_tensors
+        grad_normed = grad * weight
+        grad_rstd = (grad_normed * x).sum(-1, keepdim=True)
+        grad_mean_sq = -0.5 * grad_rstd * rstd.pow(3) / x.shape[-1]
+        grad_x = grad_normed * rstd + (2 * grad_mean_sq) * x
+        return grad_x, (grad * normed).sum_to_size(weight.shape), None
+
+
+def _norms(model: Transformer, forward: Callable) -> Transformer:
+    """In place: every RMSNorm's forward replaced by `forward(norm, x)`."""
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.forward = types.MethodType(forward, module)
+    return model
+
+
+def rms_norm_one_node(model: Transformer) -> Transformer:
+    return _norms(model, lambda norm, x: RMSNormOneNode.apply(x, norm.weight, norm.eps))
+
+
+def layer_norm(model: Transformer) -> Transformer:
+    """GPT-2's LayerNorm (one native kernel each way on CPU; no bias, as nanoGPT's `bias=False`) for RMSNorm."""
+    return _norms(model, lambda norm, x: F.layer_norm(x, norm.weight.shape, norm.weight, None, norm.eps))
+
+
+def _attention_without_rope(self: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                            is_causal: bool, layer: int = 0, kv_cache=None) -> Tensor:
+    q, k, v = (self._heads(proj(x), n) for proj, n in ((self.wq, self.n_head), (self.wk, self.n_kv_head),
+                                                       (self.wv, self.n_kv_head)))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=self.n_kv_head != self.n_head)
+    B, T, _ = x.shape
+    return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+def without_rope(model: Transformer) -> Transformer:
+    """Attention without rotary embeddings (no positions at all: nanoGPT's learned table costs one add)."""
+    for block in model.blocks:
+        block.attn.forward = types.MethodType(_attention_without_rope, block.attn)
+    return model
+
+
+def gelu_mlp(model: Transformer) -> Transformer:
+    """GPT-2's MLP (128 -> 512, GELU, 512 -> 128: 2 matmuls) for SwiGLU (3 matmuls of width 341): the same
+    parameter count and matmul FLOPs."""
+    for block in model.blocks:
+        d = model.config.d_model
+        block.mlp = nn.Sequential(nn.Linear(d, 4 * d, bias=False), nn.GELU(), nn.Linear(4 * d, d, bias=False))
+    return model
+
+
+def gpt2_parts(model: Transformer) -> Transformer:
+    return gelu_mlp(without_rope(layer_norm(model)))
 
 
 def lm_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -124,10 +197,14 @@ def training_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
     loss = lm_loss(ours, x, y)
     torch.testing.assert_close(lm_loss(fused, x, y), loss, rtol=1e-5, atol=1e-6)  # the same model
     torch.testing.assert_close(lm_loss_bf16(ours, x, y), loss, rtol=2e-2, atol=2e-2)
+    one_node = rms_norm_one_node(copy.deepcopy(ours))
+    assert_same_gradients(ours, one_node, x, y)
     step = partial(partial, model_step_seconds)
     return [
         ("q/k/v and gate/up stored as one matrix each (4 matmuls per block instead of 7)", "training step, eager",
          training_batches, step(ours, lm_loss), step(fused, lm_loss)),
+        ("RMSNorm as one autograd node (the same gradients to rounding)", "training step, eager",
+         training_batches, step(ours, lm_loss), step(one_node, lm_loss)),
         ("the same, both sides' whole step compiled", "training step, compiled",
          training_batches, step(copy.deepcopy(ours), torch.compile(lm_loss)),
          step(fuse_projections(copy.deepcopy(ours)), torch.compile(lm_loss))),
@@ -137,6 +214,25 @@ def training_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
         ("bf16 autocast (this CPU has avx512_bf16)", "training step, eager",
          training_batches, step(ours, lm_loss), step(copy.deepcopy(ours), lm_loss_bf16)),
     ]
+
+
+def assert_same_gradients(a: nn.Module, b: nn.Module, x: Tensor, y: Tensor) -> None:
+    for model in (a, b):
+        model.zero_grad(set_to_none=True)
+        lm_loss(model, x, y).backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-8, msg=f"{name}: another gradient")
+
+
+def architecture_rows() -> list[tuple[str, str, Callable, Callable, Callable]]:
+    """(the part swapped, workload, inputs, the Llama model's seconds, the swapped model's seconds)."""
+    ours = training_model()
+    step = partial(partial, model_step_seconds)
+    swaps = [("RMSNorm → LayerNorm (no bias)", layer_norm), ("RoPE removed", without_rope),
+             ("SwiGLU (3 matmuls, width 341) → GELU MLP (2 matmuls, width 512)", gelu_mlp),
+             ("all three (nanoGPT's block without its position table)", gpt2_parts)]
+    return [(name, "training step, eager", training_batches, step(ours, lm_loss), step(swap(training_model()), lm_loss))
+            for name, swap in swaps]
 
 
 def decode_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
@@ -183,6 +279,7 @@ def main() -> None:
     result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "load_avg_start": os.getloadavg()}
     rows = measure(training_levers(), args.rounds)
+    result["architecture"] = measure(architecture_rows(), args.rounds)
     torch.set_num_threads(1)
     result["rows"] = rows + measure(decode_levers(), args.rounds)
     result["load_avg_end"] = os.getloadavg()

@@ -171,7 +171,22 @@ def levers_section(result: dict) -> list[str]:
         lines.append(f"| {r['lever']} | {r['workload']} | {r['threads']} | {len(r['rounds'])} | "
                      f"{r['a_median_s'] * 1e3:.1f} ms | {r['b_median_s'] * 1e3:.1f} ms | {r['ratio_median']:.2f}x | "
                      f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
-    return lines + ["", "Times are per training step, or per generated token position of the batch (decode).", ""]
+    lines += ["", "Times are per training step, or per generated token position of the batch (decode).", ""]
+    return lines + architecture_section(result) if "architecture" in result else lines
+
+
+def architecture_section(result: dict) -> list[str]:
+    """The same A/B with a Llama part swapped for nanoGPT's: what each part costs (not levers: another model)."""
+    lines = ["### What the Llama block's parts cost at nanoGPT's size (not levers: each row is another model)", "",
+             "Same command and loop as the levers; A is our model, B the same model with one part swapped for its "
+             "GPT-2 counterpart at the same parameter count and matmul FLOPs (above 1: the swap is faster).", "",
+             "| swapped | workload | threads | rounds | A median | B median | A ÷ B (median) | range |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["architecture"]:
+        lines.append(f"| {r['lever']} | {r['workload']} | {r['threads']} | {len(r['rounds'])} | "
+                     f"{r['a_median_s'] * 1e3:.1f} ms | {r['b_median_s'] * 1e3:.1f} ms | {r['ratio_median']:.2f}x | "
+                     f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
+    return lines + [""]
 
 
 def main() -> None:
