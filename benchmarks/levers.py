@@ -142,8 +142,8 @@ def without_rope(model: Transformer) -> Transformer:
 def gelu_mlp(model: Transformer) -> Transformer:
     """GPT-2's MLP (128 -> 512, GELU, 512 -> 128: 2 matmuls) for SwiGLU (3 matmuls of width 341): the same
     parameter count and matmul FLOPs."""
+    d = model.config.d_model
     for block in model.blocks:
-        d = model.config.d_model
         block.mlp = nn.Sequential(nn.Linear(d, 4 * d, bias=False), nn.GELU(), nn.Linear(4 * d, d, bias=False))
     return model
 
@@ -189,6 +189,9 @@ def decode_seconds(model: Transformer, prompts: Tensor) -> tuple[float, Tensor]:
     return (time.perf_counter() - start) / DECODE["new_tokens"], out.tokens
 
 
+timed_step = partial(partial, model_step_seconds)  # timed_step(model, loss)(batches) -> seconds a step
+
+
 def training_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
     """(lever, workload, inputs of a round, A's seconds, B's seconds)."""
     ours = training_model()
@@ -199,20 +202,19 @@ def training_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
     torch.testing.assert_close(lm_loss_bf16(ours, x, y), loss, rtol=2e-2, atol=2e-2)
     one_node = rms_norm_one_node(copy.deepcopy(ours))
     assert_same_gradients(ours, one_node, x, y)
-    step = partial(partial, model_step_seconds)
     return [
         ("q/k/v and gate/up stored as one matrix each (4 matmuls per block instead of 7)", "training step, eager",
-         training_batches, step(ours, lm_loss), step(fused, lm_loss)),
+         training_batches, timed_step(ours, lm_loss), timed_step(fused, lm_loss)),
         ("RMSNorm as one autograd node (the same gradients to rounding)", "training step, eager",
-         training_batches, step(ours, lm_loss), step(one_node, lm_loss)),
+         training_batches, timed_step(ours, lm_loss), timed_step(one_node, lm_loss)),
         ("the same, both sides' whole step compiled", "training step, compiled",
-         training_batches, step(copy.deepcopy(ours), torch.compile(lm_loss)),
-         step(fuse_projections(copy.deepcopy(ours)), torch.compile(lm_loss))),
+         training_batches, timed_step(copy.deepcopy(ours), torch.compile(lm_loss)),
+         timed_step(fuse_projections(copy.deepcopy(ours)), torch.compile(lm_loss))),
         ("whole step compiled (model and loss) instead of each block (the Compile callback)",
-         "training step, compiled", training_batches, step(blocks_compiled(copy.deepcopy(ours)), lm_loss),
-         step(copy.deepcopy(ours), torch.compile(lm_loss))),
+         "training step, compiled", training_batches, timed_step(blocks_compiled(copy.deepcopy(ours)), lm_loss),
+         timed_step(copy.deepcopy(ours), torch.compile(lm_loss))),
         ("bf16 autocast (this CPU has avx512_bf16)", "training step, eager",
-         training_batches, step(ours, lm_loss), step(copy.deepcopy(ours), lm_loss_bf16)),
+         training_batches, timed_step(ours, lm_loss), timed_step(copy.deepcopy(ours), lm_loss_bf16)),
     ]
 
 
@@ -227,12 +229,11 @@ def assert_same_gradients(a: nn.Module, b: nn.Module, x: Tensor, y: Tensor) -> N
 def architecture_rows() -> list[tuple[str, str, Callable, Callable, Callable]]:
     """(the part swapped, workload, inputs, the Llama model's seconds, the swapped model's seconds)."""
     ours = training_model()
-    step = partial(partial, model_step_seconds)
     swaps = [("RMSNorm → LayerNorm (no bias)", layer_norm), ("RoPE removed", without_rope),
              ("SwiGLU (3 matmuls, width 341) → GELU MLP (2 matmuls, width 512)", gelu_mlp),
              ("all three (nanoGPT's block without its position table)", gpt2_parts)]
-    return [(name, "training step, eager", training_batches, step(ours, lm_loss), step(swap(training_model()), lm_loss))
-            for name, swap in swaps]
+    return [(name, "training step, eager", training_batches, timed_step(ours, lm_loss),
+             timed_step(swap(training_model()), lm_loss)) for name, swap in swaps]
 
 
 def decode_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:

@@ -160,6 +160,13 @@ def startup_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def ab_row(r: dict) -> str:
+    """One A/B row of benchmarks/levers.py: what, where, threads, rounds, both medians, their ratio and range."""
+    return (f"| {r['lever']} | {r['workload']} | {r['threads']} | {len(r['rounds'])} | "
+            f"{r['a_median_s'] * 1e3:.1f} ms | {r['b_median_s'] * 1e3:.1f} ms | {r['ratio_median']:.2f}x | "
+            f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
+
+
 def levers_section(result: dict) -> list[str]:
     lines = ["## Levers measured and not used (A/B in one process)", "", f"    {result['command']}", "",
              f"A is the code as it is, B the lever; each round runs both on the same inputs, alternating which goes "
@@ -167,10 +174,7 @@ def levers_section(result: dict) -> list[str]:
              f"{load_line(result)}.", "",
              "| lever | workload | threads | rounds | A median | B median | A ÷ B (median) | range |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['lever']} | {r['workload']} | {r['threads']} | {len(r['rounds'])} | "
-                     f"{r['a_median_s'] * 1e3:.1f} ms | {r['b_median_s'] * 1e3:.1f} ms | {r['ratio_median']:.2f}x | "
-                     f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
+    lines += [ab_row(r) for r in result["rows"]]
     lines += ["", "Times are per training step, or per generated token position of the batch (decode).", ""]
     return lines + architecture_section(result) if "architecture" in result else lines
 
@@ -182,10 +186,7 @@ def architecture_section(result: dict) -> list[str]:
              "GPT-2 counterpart at the same parameter count and matmul FLOPs (above 1: the swap is faster).", "",
              "| swapped | workload | threads | rounds | A median | B median | A ÷ B (median) | range |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in result["architecture"]:
-        lines.append(f"| {r['lever']} | {r['workload']} | {r['threads']} | {len(r['rounds'])} | "
-                     f"{r['a_median_s'] * 1e3:.1f} ms | {r['b_median_s'] * 1e3:.1f} ms | {r['ratio_median']:.2f}x | "
-                     f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
+    lines += [ab_row(r) for r in result["architecture"]]
     return lines + [""]
 
 
