@@ -221,6 +221,7 @@ class Transformer(nn.Module):
         doc_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
         causal: bool = True,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Final-normed hidden states.
 
@@ -233,6 +234,8 @@ class Transformer(nn.Module):
                 restart at 0 for each document.
             kv_cache: Optional cache; the T new keys/values are appended and ``kv_cache.length`` advances by T.
             causal: False for bidirectional attention (masked LM); padding is still masked.
+            attn_mask: (B, 1, T, T) bool, True where a query may attend a key: used as given instead of the mask
+                the other arguments imply (e.g. `shared_prefix`'s packed rows); needs position_ids, no kv_cache.
 
         Returns:
             (B, T, d_model) hidden states after the final RMSNorm.
@@ -243,9 +246,14 @@ class Transformer(nn.Module):
             raise ValueError("doc_ids (packed documents) are not supported together with a kv_cache")
         if attention_mask is not None and attention_mask.shape != (B, past + T):
             raise ValueError(f"attention_mask must have shape {(B, past + T)}, got {tuple(attention_mask.shape)}")
+        if attn_mask is not None and (position_ids is None or kv_cache is not None):
+            raise ValueError("an explicit attn_mask needs position_ids and no kv_cache")
         if position_ids is None:
             position_ids = default_position_ids(B, T, past, attention_mask, doc_ids, idx.device)
-        mask, is_causal = self._mask(T, past, attention_mask, doc_ids, causal, idx.device)
+        if attn_mask is not None:
+            mask, is_causal = attn_mask, False
+        else:
+            mask, is_causal = self._mask(T, past, attention_mask, doc_ids, causal, idx.device)
         rope = self.rope(position_ids)
         x = self.drop(self.embed(idx))
         use_ckpt = self.activation_checkpointing and self.training and kv_cache is None and torch.is_grad_enabled()

@@ -6,6 +6,13 @@ tests/test_dpo.py).
 
 Layout: U prompts left-padded to (U, P), each row b's continuation right-padded to (B, C), `rows[b]` the prompt
 it extends. Positions come from the masks, so a continuation token sits where it sits in the whole row.
+
+Two ways to run that layout: two passes (the prompts, then the continuations attending to their prompt's cached
+keys/values), or one pass over packed rows (a prompt followed by its G continuations, each attending to the prompt
+and itself: a tree mask, as in Wang et al. 2024, "Accelerating Direct Preference Optimization with Prefix
+Sharing"). The packed pass launches half the kernels but attends over longer rows, so it pays on short rows, where
+the kernels' count costs more than their work: `shared_prefix_target_logprobs` packs rows of at most
+`PACKED_MAX_TOKENS` (benchmarks/levers.py measures both).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lit_llm.attention import SharedPrefixCache
@@ -20,6 +28,8 @@ from lit_llm.losses import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from lit_llm.model import Transformer
+
+PACKED_MAX_TOKENS = 256  # packed rows up to this length run in one pass (see the module docstring)
 
 
 def prompt_groups(ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -46,6 +56,30 @@ def shared_prefix_hidden(model: Transformer, prompts: Tensor, prompt_mask: Tenso
         return last, last.new_zeros(len(rows), 0, last.shape[-1])
     mask = torch.cat([prompt_mask[rows], continuation_mask], 1)
     return last, model.hidden_states(continuation, mask, kv_cache=cache)
+
+
+def packed_prefix_hidden(model: Transformer, prompts: Tensor, prompt_mask: Tensor, rows: Tensor,
+                         continuation: Tensor, continuation_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """What `shared_prefix_hidden` returns, from one pass over U packed rows of P + G·C tokens: prompt u, then a slot
+    of C tokens for each of its (at most G) continuations, in row order; a continuation attends to its prompt and
+    its own earlier tokens, at the positions it has in its whole row."""
+    (U, P), C = prompts.shape, continuation.shape[1]
+    slot = F.one_hot(rows, U).cumsum(0).gather(1, rows[:, None])[:, 0] - 1  # (B,) row b's place among its prompt's
+    G, device = int(slot.max()) + 1, prompts.device
+    L, pos = P + G * C, torch.arange(P + G * C, device=device)
+    columns = P + slot[:, None] * C + pos[:C]  # (B, C) packed column of each continuation token
+    ids = torch.cat([prompts, prompts.new_zeros(U, G * C)], 1).index_put_((rows[:, None], columns), continuation)
+    real = torch.cat([prompt_mask, prompt_mask.new_zeros(U, G * C)], 1).index_put_((rows[:, None], columns),
+                                                                                    continuation_mask).bool()
+    positions = (prompt_mask.cumsum(1) - 1).clamp(min=0)  # as `default_position_ids` numbers a left-padded prompt
+    start = positions[:, -1] + 1  # (U,) the position after each prompt's last token
+    positions = torch.cat([positions, positions.new_zeros(U, G * C)], 1).index_put_(
+        (rows[:, None], columns), start[rows, None] + pos[:C])
+    segment = torch.where(pos < P, 0, (pos - P) // max(C, 1) + 1)  # (L,) 0: the prompt, g + 1: slot g
+    tree = (pos[None, :] <= pos[:, None]) & ((segment[None, :] == 0) | (segment[None, :] == segment[:, None]))
+    mask = (real[:, None, :] & tree) | torch.eye(L, dtype=torch.bool, device=device)  # a pad query keeps its own key
+    hidden = model.hidden_states(ids, position_ids=positions, attn_mask=mask[:, None])
+    return hidden[:, P - 1], hidden[rows[:, None], columns]
 
 
 def shared_prefix_target_logprobs(model: Transformer, input_ids: Tensor, labels: Tensor, prompt_index: Tensor
@@ -75,7 +109,9 @@ def shared_prefix_target_logprobs(model: Transformer, input_ids: Tensor, labels:
     prompts = input_ids[rep].gather(1, source.clamp(min=0)) * prompt_mask
     continuation_mask = (pos[:C] < lengths[:, None]).long()  # (N, C): tokens first + 1 .. first + length
     continuation = input_ids.gather(1, (first[:, None] + 1 + pos[:C]).clamp(max=T - 1)) * continuation_mask
-    last, hidden = shared_prefix_hidden(model, prompts, prompt_mask, rows, continuation, continuation_mask)
+    packed = C and P + int(torch.bincount(rows).max()) * C <= PACKED_MAX_TOKENS
+    run = packed_prefix_hidden if packed else shared_prefix_hidden
+    last, hidden = run(model, prompts, prompt_mask, rows, continuation, continuation_mask)
     hidden = torch.cat([last[rows, None], hidden], 1)  # (N, C + 1, d): positions first .. first + C
     shifted = labels.gather(1, (first[:, None] + pos[:C + 1]).clamp(max=T - 1))
     shifted = shifted.masked_fill(pos[:C + 1] > lengths[:, None], IGNORE_INDEX)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from lit_llm import shared_prefix
 from lit_llm.checkpoint import read_checkpoint
 from lit_llm.commands import main
 from lit_llm.data.preference import PreferenceDataModule
@@ -65,10 +66,20 @@ def test_first_loss_is_ln2_and_reference_is_frozen_outside_the_module(tiny_pretr
         DPOModule(ckpt(tiny_pretrain), loss_type="kto")
 
 
-def test_each_prompt_runs_once_with_the_whole_rows_values_and_gradients(tiny_pretrain: Path) -> None:
-    """DPO's sequence log-probs share each prompt's pass between its responses (pairs and ranked lists of 4):
-    the values and gradients of one forward of the whole rows; a prompt truncated differently for two of its
-    responses makes the batch run whole."""
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "two-passes"])
+def test_each_prompt_runs_once_with_the_whole_rows_values_and_gradients(
+        tiny_pretrain: Path, packed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DPO's sequence log-probs share each prompt's pass between its responses (pairs and ranked lists of 4), in
+    one packed pass (short rows) or two: the values and gradients of one forward of the whole rows; a prompt
+    truncated differently for two of its responses makes the batch run whole."""
+    def unused(*args: object) -> None:
+        raise AssertionError("the other way ran")
+
+    if packed:
+        monkeypatch.setattr(shared_prefix, "shared_prefix_hidden", unused)
+    else:
+        monkeypatch.setattr(shared_prefix, "PACKED_MAX_TOKENS", 0)
+        monkeypatch.setattr(shared_prefix, "packed_prefix_hidden", unused)
     module = DPOModule(ckpt(tiny_pretrain))
     batch = next(iter(micro_data(module, num_pairs=6, num_ranked=4, batch_size=6).train_dataloader()))
     assert batch["sequence_prompt_index"].bincount().max() == 4  # a ranked list in the batch

@@ -107,6 +107,19 @@ def test_packed_documents_are_isolated():
     torch.testing.assert_close(out[:, 12:], model(c), atol=ATOL, rtol=0)
 
 
+def test_an_explicit_mask_is_used_as_given_with_its_positions():
+    """hidden_states(attn_mask=...) attends as the mask says (here: the documents' own block-diagonal mask, so the
+    outputs equal doc_ids'); it needs position_ids and no KV cache."""
+    model = tiny_model()
+    doc_ids = torch.tensor([[0] * 5 + [1] * 7])
+    x, positions = ids(1, 12), _doc_positions(doc_ids)
+    mask = build_attention_mask(12, 0, None, doc_ids, True, x.device)
+    torch.testing.assert_close(model.hidden_states(x, position_ids=positions, attn_mask=mask),
+                               model.hidden_states(x, doc_ids=doc_ids), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="position_ids"):
+        model.hidden_states(x, attn_mask=mask)
+
+
 def test_doc_positions_restart_per_document():
     doc_ids = torch.tensor([[0, 0, 0, 1, 1, 2], [5, 5, 5, 5, 5, 5]])
     assert _doc_positions(doc_ids).tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]]
