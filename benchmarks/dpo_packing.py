@@ -115,7 +115,6 @@ def policy_passes(prompts: int, prompt_len: int, response_len: int) -> Callable[
     return run
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
