@@ -50,13 +50,19 @@ VOCAB = 264  # nanoGPT's byte vocabulary in the side-by-side
 DECODE = dict(batch=8, prompt_len=128, new_tokens=128)
 
 
+def _heads(attn: nn.Module, x: Tensor, n: int) -> Tensor:
+    """(B, T, n * head_dim) -> (B, n, T, head_dim)."""
+    B, T, _ = x.shape
+    return x.view(B, T, n, attn.head_dim).transpose(1, 2)
+
+
 def _fused_attention(self: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, is_causal: bool,
-                     layer: int = 0, kv_cache=None) -> Tensor:
+                     layer: int = 0, kv_cache=None, unpadded=None) -> Tensor:
     B, T, _ = x.shape
     q, k, v = F.linear(x, self.wqkv).split(self.split, -1)
     q, k = q.view(B, T, self.n_head, -1), k.view(B, T, self.n_kv_head, -1)
     q, k = apply_rope(q, *rope).transpose(1, 2), apply_rope(k, *rope).transpose(1, 2)
-    v = self._heads(v, self.n_kv_head)
+    v = _heads(self, v, self.n_kv_head)
     if kv_cache is not None:
         k, v = kv_cache.update(layer, k, v)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -124,8 +130,8 @@ def layer_norm(model: Transformer) -> Transformer:
 
 
 def _attention_without_rope(self: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
-                            is_causal: bool, layer: int = 0, kv_cache=None) -> Tensor:
-    q, k, v = (self._heads(proj(x), n) for proj, n in ((self.wq, self.n_head), (self.wk, self.n_kv_head),
+                            is_causal: bool, layer: int = 0, kv_cache=None, unpadded=None) -> Tensor:
+    q, k, v = (_heads(self, proj(x), n) for proj, n in ((self.wq, self.n_head), (self.wk, self.n_kv_head),
                                                        (self.wv, self.n_kv_head)))
     y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=self.n_kv_head != self.n_head)
     B, T, _ = x.shape

@@ -136,6 +136,28 @@ class SharedPrefixCache:
         self.length += n
 
 
+class Unpadded:
+    """The real tokens of a (B, T) padded batch as one (N, ...) sequence: position-wise work (projections, norms,
+    MLP, RoPE) runs on the N real tokens only, and attention scatters them back into the (B, T) grid for SDPA.
+
+    Args:
+        real: (B, T) bool or 0/1, the real tokens.
+    """
+
+    def __init__(self, real: Tensor) -> None:
+        self.shape = real.shape
+        self.index = real.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of the real tokens
+
+    def take(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> (N, ...): the real tokens' entries."""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (B, T, ...): the real tokens in their places, zeros at the padding."""
+        padded = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index, x)
+        return padded.view(*self.shape, *x.shape[1:])
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with RoPE and grouped-query KV heads, through F.scaled_dot_product_attention."""
 
@@ -151,11 +173,6 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
 
-    def _heads(self, x: Tensor, n: int) -> Tensor:
-        """(B, T, n * head_dim) -> (B, n, T, head_dim)."""
-        B, T, _ = x.shape
-        return x.view(B, T, n, self.head_dim).transpose(1, 2)
-
     def forward(
         self,
         x: Tensor,
@@ -164,14 +181,20 @@ class Attention(nn.Module):
         is_causal: bool,
         layer: int = 0,
         kv_cache: KVCache | None = None,
+        unpadded: Unpadded | None = None,
     ) -> Tensor:
-        """x: (B, T, d_model); mask: (B, 1, T, S) bool (True = may attend) or None -> (B, T, d_model)."""
-        B, T, _ = x.shape
-        q, k = self.wq(x).view(B, T, self.n_head, -1), self.wk(x).view(B, T, self.n_kv_head, -1)
+        """x: (B, T, d_model), or (N, d_model) with `unpadded`; mask: (B, 1, T, S) bool (True = may attend) or
+        None -> x's shape."""
+        lead = x.shape[:-1]
+        q, k = self.wq(x).view(*lead, self.n_head, -1), self.wk(x).view(*lead, self.n_kv_head, -1)
+        v = self.wv(x).view(*lead, self.n_kv_head, -1)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope).transpose(1, 2), apply_rope(k, *rope).transpose(1, 2)
-        v = self._heads(self.wv(x), self.n_kv_head)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if unpadded is not None:
+            q, k, v = unpadded.pad(q), unpadded.pad(k), unpadded.pad(v)
+        B, T = q.shape[:2]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, S, head_dim)
         y = F.scaled_dot_product_attention(
@@ -183,7 +206,8 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
         )
-        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.wo(y if unpadded is None else unpadded.take(y))
 
 
 def _doc_positions(doc_ids: Tensor) -> Tensor:

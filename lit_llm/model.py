@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_llm.attention import (Attention, KVCache, RMSNorm, build_attention_mask, decode_key_mask,
+from lit_llm.attention import (Attention, KVCache, RMSNorm, Unpadded, build_attention_mask, decode_key_mask,
                                default_position_ids)
 from lit_llm.losses import IGNORE_INDEX, token_logprobs
 from lit_llm.rope import RotaryEmbedding, normalise_rope_scaling
@@ -161,9 +161,10 @@ class Block(nn.Module):
         is_causal: bool,
         layer: int = 0,
         kv_cache: KVCache | None = None,
+        unpadded: Unpadded | None = None,
     ) -> Tensor:
-        """x: (B, T, d_model) -> (B, T, d_model)."""
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, is_causal, layer, kv_cache))
+        """x: (B, T, d_model), or (N, d_model) with `unpadded` -> x's shape."""
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, is_causal, layer, kv_cache, unpadded))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -222,6 +223,7 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         causal: bool = True,
         attn_mask: Tensor | None = None,
+        skip_padding: bool = False,
     ) -> Tensor:
         """Final-normed hidden states.
 
@@ -236,6 +238,10 @@ class Transformer(nn.Module):
             causal: False for bidirectional attention (masked LM); padding is still masked.
             attn_mask: (B, 1, T, T) bool, True where a query may attend a key: used as given instead of the mask
                 the other arguments imply (e.g. `shared_prefix`'s packed rows); needs position_ids, no kv_cache.
+            skip_padding: Run the position-wise work (embedding, norms, projections, RoPE, MLP) on the real tokens
+                of `attention_mask` only, attention on the padded grid (`attention.Unpadded`): the same outputs at
+                real positions, 0 at the padding, gradients equal to float rounding. Pays where padding is a large
+                share of the batch.
 
         Returns:
             (B, T, d_model) hidden states after the final RMSNorm.
@@ -248,6 +254,8 @@ class Transformer(nn.Module):
             raise ValueError(f"attention_mask must have shape {(B, past + T)}, got {tuple(attention_mask.shape)}")
         if attn_mask is not None and (position_ids is None or kv_cache is not None):
             raise ValueError("an explicit attn_mask needs position_ids and no kv_cache")
+        if skip_padding and attention_mask is None:
+            raise ValueError("skip_padding needs the attention_mask that says which tokens are real")
         if position_ids is None:
             position_ids = default_position_ids(B, T, past, attention_mask, doc_ids, idx.device)
         if attn_mask is not None:
@@ -255,16 +263,20 @@ class Transformer(nn.Module):
         else:
             mask, is_causal = self._mask(T, past, attention_mask, doc_ids, causal, idx.device)
         rope = self.rope(position_ids)
+        unpadded = Unpadded(attention_mask[:, past:]) if skip_padding else None
+        if unpadded is not None:
+            idx, rope = unpadded.take(idx), (unpadded.take(rope[0]), unpadded.take(rope[1]))
         x = self.drop(self.embed(idx))
         use_ckpt = self.activation_checkpointing and self.training and kv_cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if use_ckpt:
-                x = checkpoint(block, x, rope, mask, is_causal, i, None, use_reentrant=False)
+                x = checkpoint(block, x, rope, mask, is_causal, i, None, unpadded, use_reentrant=False)
             else:
-                x = block(x, rope, mask, is_causal, i, kv_cache)
+                x = block(x, rope, mask, is_causal, i, kv_cache, unpadded)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.norm(x)
+        x = self.norm(x)
+        return x if unpadded is None else unpadded.pad(x)
 
     def _mask(
         self, T: int, past: int, attention_mask: Tensor | None, doc_ids: Tensor | None, causal: bool,

@@ -79,7 +79,7 @@ def packed_prefix_hidden(model: Transformer, prompts: Tensor, prompt_mask: Tenso
     segment = torch.where(pos < P, 0, (pos - P) // max(C, 1) + 1)  # (L,) 0: the prompt, g + 1: slot g
     tree = (pos[None, :] <= pos[:, None]) & ((segment[None, :] == 0) | (segment[None, :] == segment[:, None]))
     mask = (real[:, None, :] & tree) | torch.eye(L, dtype=torch.bool, device=device)  # a pad query keeps its own key
-    hidden = model.hidden_states(ids, position_ids=positions, attn_mask=mask[:, None])
+    hidden = model.hidden_states(ids, real, positions, attn_mask=mask[:, None], skip_padding=True)
     return hidden[:, P - 1], hidden[rows[:, None], columns]
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lit_llm.attention import KVCache, _doc_positions, build_attention_mask, default_position_ids
+from lit_llm.attention import KVCache, SharedPrefixCache, _doc_positions, build_attention_mask, default_position_ids
 from lit_llm.losses import IGNORE_INDEX, token_logprobs
 from lit_llm.model import ModelConfig, ScalarHead, Transformer, last_token_index
 from lit_llm.rope import RotaryEmbedding, apply_rope
@@ -118,6 +118,44 @@ def test_an_explicit_mask_is_used_as_given_with_its_positions():
                                model.hidden_states(x, doc_ids=doc_ids), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="position_ids"):
         model.hidden_states(x, attn_mask=mask)
+
+
+@pytest.mark.parametrize("layout", ["right", "left", "bidirectional", "explicit mask", "kv cache", "checkpointed"])
+def test_skip_padding_gives_the_same_hidden_states_and_gradients(layout):
+    """skip_padding runs the position-wise work on the real tokens only (attention.Unpadded): the real positions'
+    hidden states and every gradient are those of the padded forward (to rounding), the padding's states are 0."""
+    model = tiny_model(qk_norm=True).train()
+    x = ids(3, 10)
+    mask = torch.tensor([[1] * 10, [1] * 6 + [0] * 4, [1] * 3 + [0] * 7])
+    kw: dict = {"causal": layout != "bidirectional"}
+    if layout in ("left", "kv cache"):
+        mask = mask.flip(-1)
+    if layout == "explicit mask":  # two documents per row, the second one's tail padded
+        doc_ids = torch.tensor([[0] * 4 + [1] * 6] * 3)
+        kw = {"attn_mask": build_attention_mask(10, 0, mask, doc_ids, True, x.device),
+              "position_ids": _doc_positions(doc_ids)}
+    model.activation_checkpointing = layout == "checkpointed"
+
+    def run(skip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        if layout == "kv cache":  # a left-padded prompt, then 4 more tokens on its cached keys/values
+            cache = SharedPrefixCache(torch.arange(3))  # the cache gradients flow through
+            model.hidden_states(x[:, :6], mask[:, :6], kv_cache=cache, skip_padding=skip)
+            hidden = model.hidden_states(x[:, 6:], mask, kv_cache=cache, skip_padding=skip)
+            real = mask[:, 6:].bool()
+        else:
+            hidden, real = model.hidden_states(x, mask, skip_padding=skip, **kw), mask.bool()
+        (hidden[real] ** 2).sum().backward()
+        if skip:
+            assert hidden[~real].abs().max() == 0
+        return hidden[real].detach(), [p.grad.clone() for p in model.parameters()]
+
+    (padded, grads), (skipped, skipped_grads) = run(False), run(True)
+    torch.testing.assert_close(skipped, padded, atol=ATOL, rtol=0)
+    for g_skip, g_ref in zip(skipped_grads, grads):
+        torch.testing.assert_close(g_skip, g_ref)
+    with pytest.raises(ValueError, match="skip_padding needs the attention_mask"):
+        model.hidden_states(x, skip_padding=True)
 
 
 def test_doc_positions_restart_per_document():
