@@ -1,9 +1,13 @@
-"""DPO's shared prompt in one packed pass or two (`lit_llm.shared_prefix`), as an A/B in one process.
+"""DPO's two levers on its rows (`lit_llm.shared_prefix`), each as an A/B in one process.
 
-A is two passes (the prompts, then the responses on their prompt's cached keys/values), B one pass over packed rows
-(a prompt, then its responses, under a tree mask): what `shared_prefix_target_logprobs` does for rows of at most
-`PACKED_MAX_TOKENS` tokens. Each round runs both on the same batches, alternating which goes first; the ratio is A's
-time ÷ B's (above 1: packing pays).
+- Packing: A is two passes (the prompts, then the responses on their prompt's cached keys/values), B one pass over
+  packed rows (a prompt, then its responses, under a tree mask): what `shared_prefix_target_logprobs` does for rows
+  of at most `PACKED_MAX_TOKENS` tokens.
+- Skipping the padding: A runs the padded rows through every layer, B the position-wise work (projections, norms,
+  RoPE, MLP) on the real tokens only (`SKIP_PADDING`, `Transformer.hidden_states(skip_padding=True)`).
+
+Each round runs both on the same batches, alternating which goes first; the ratio is A's time ÷ B's (above 1: the
+lever pays). The other lever stays as the package sets it.
 
 - DPO steps: `DPOModule.compute` (policy and, unless precomputed, reference log-probs; the loss), backward and the
   fused AdamW over 24 batches of 16 task-world pairs, on `dpo_vs_trl.py`'s random tiny model.
@@ -43,20 +47,33 @@ PACK_ALWAYS = 1 << 30  # packs rows of any length
 PACKED_DEFAULT = shared_prefix.PACKED_MAX_TOKENS
 
 
-def ab(run: Callable[[], None], rounds: int) -> dict:
-    """Times of `run` with two passes (A) and packed (B), alternating; the median ratio A ÷ B and its range."""
-    def timed(limit: int) -> float:
-        shared_prefix.PACKED_MAX_TOKENS = limit
+def packing(on: bool) -> None:
+    shared_prefix.PACKED_MAX_TOKENS = PACK_ALWAYS if on else 0
+
+
+def skipping_padding(on: bool) -> None:
+    shared_prefix.SKIP_PADDING = on
+
+
+def both_passes_skipping(on: bool) -> None:
+    """The longer rows in two passes (as `PACKED_MAX_TOKENS` runs them), padding skipped (B) or not (A)."""
+    shared_prefix.PACKED_MAX_TOKENS, shared_prefix.SKIP_PADDING = 0, on
+
+
+def ab(run: Callable[[], None], lever: Callable[[bool], None], rounds: int) -> dict:
+    """Times of `run` without the lever (A) and with it (B), alternating; the median ratio A ÷ B and its range."""
+    def timed(on: bool) -> float:
+        lever(on)
         start = time.perf_counter()
         run()
         return time.perf_counter() - start
 
-    timed(0), timed(PACK_ALWAYS)  # warm-up
+    timed(False), timed(True)  # warm-up
     a, b = [], []
     for r in range(rounds):
-        for limit, times in ((0, a), (PACK_ALWAYS, b))[:: 1 if r % 2 else -1]:
-            times.append(timed(limit))
-    shared_prefix.PACKED_MAX_TOKENS = PACKED_DEFAULT
+        for on, times in ((False, a), (True, b))[:: 1 if r % 2 else -1]:
+            times.append(timed(on))
+    shared_prefix.PACKED_MAX_TOKENS, shared_prefix.SKIP_PADDING = PACKED_DEFAULT, True
     ratios = [x / y for x, y in zip(a, b)]
     return {"a_s": statistics.median(a), "b_s": statistics.median(b), "ratio": statistics.median(ratios),
             "range": [min(ratios), max(ratios)], "rounds": rounds}
@@ -123,19 +140,23 @@ def main() -> None:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dpo_packing_"))
     setup(work, 2000)
-    cases = [(f"DPO step, tiny model, 16 task-world pairs, reference {mode}", threads,
-              lambda mode=mode: dpo_steps(work, mode == "precomputed"))
-             for mode in ("forward every step", "precomputed") for threads in (1, 2)]
-    cases += [(f"policy forward + backward, 12M model, {u} prompts of ≤ {pl} + 2 responses of ≤ {rl} tokens "
+    dpo = [(f"DPO step, tiny model, 16 task-world pairs, reference {mode}", threads,
+            lambda mode=mode: dpo_steps(work, mode == "precomputed"))
+           for mode in ("forward every step", "precomputed") for threads in (1, 2)]
+    longer = [(f"policy forward + backward, 12M model, {u} prompts of ≤ {pl} + 2 responses of ≤ {rl} tokens "
                f"(packed rows ≤ {pl + 2 * rl})", 2, lambda u=u, pl=pl, rl=rl: policy_passes(u, pl, rl))
               for u, pl, rl in ((8, 200, 60), (4, 400, 120))]
+    cases = [("packing (A: two passes, B: packed)", packing, *case) for case in dpo + longer]
+    cases += [("skipping the padding (A: padded, B: skipped)", skipping_padding, *case) for case in dpo]
+    cases += [("skipping the padding (A: padded, B: skipped), two passes", both_passes_skipping, *case)
+              for case in longer]
     result = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
               "load_avg_start": os.getloadavg(), "packed_max_tokens": PACKED_DEFAULT, "rows": []}
-    for name, threads, make in cases:
+    for lever_name, lever, name, threads, make in cases:
         torch.set_num_threads(threads)
-        row = {"case": name, "threads": threads, **ab(make(), args.rounds)}
+        row = {"lever": lever_name, "case": name, "threads": threads, **ab(make(), lever, args.rounds)}
         result["rows"].append(row)
-        print(f"{name}, {threads} thread(s): two passes {row['a_s']:.3f} s, packed {row['b_s']:.3f} s, "
+        print(f"{lever_name}; {name}, {threads} thread(s): A {row['a_s']:.3f} s, B {row['b_s']:.3f} s, "
               f"{row['ratio']:.2f}x ({row['range'][0]:.2f}-{row['range'][1]:.2f})", flush=True)
     result["load_avg_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(result, indent=2))

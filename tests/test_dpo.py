@@ -9,7 +9,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+import lit_llm.model as model_module
 from lit_llm import shared_prefix
+from lit_llm.attention import Unpadded
 from lit_llm.checkpoint import read_checkpoint
 from lit_llm.commands import main
 from lit_llm.data.preference import PreferenceDataModule
@@ -70,10 +72,14 @@ def test_first_loss_is_ln2_and_reference_is_frozen_outside_the_module(tiny_pretr
 def test_each_prompt_runs_once_with_the_whole_rows_values_and_gradients(
         tiny_pretrain: Path, packed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """DPO's sequence log-probs share each prompt's pass between its responses (pairs and ranked lists of 4), in
-    one packed pass (short rows) or two: the values and gradients of one forward of the whole rows; a prompt
-    truncated differently for two of its responses makes the batch run whole."""
+    one packed pass (short rows) or two, their position-wise work on the real tokens only: the values and
+    gradients of one forward of the whole rows; a prompt truncated differently for two of its responses makes the
+    batch run whole."""
     def unused(*args: object) -> None:
         raise AssertionError("the other way ran")
+
+    skipped: list[torch.Tensor] = []  # the real-token masks `hidden_states(skip_padding=True)` ran with
+    monkeypatch.setattr(model_module, "Unpadded", lambda real: skipped.append(real) or Unpadded(real))
 
     if packed:
         monkeypatch.setattr(shared_prefix, "shared_prefix_hidden", unused)
@@ -94,6 +100,7 @@ def test_each_prompt_runs_once_with_the_whole_rows_values_and_gradients(
         values.sum().backward()
         results.append((values.detach(), [p.grad.clone() for p in model.parameters()]))
     (shared, shared_grads), (whole, whole_grads) = results
+    assert len(skipped) == (1 if packed else 2) and not all(bool(real.all()) for real in skipped)
     torch.testing.assert_close(shared, whole, atol=2e-5, rtol=1e-6)
     for grad, expected in zip(shared_grads, whole_grads):
         torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-4)
