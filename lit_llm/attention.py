@@ -233,6 +233,12 @@ def default_position_ids(
     return torch.arange(past, past + T, device=device).expand(B, T)
 
 
+def right_padded(attention_mask: Tensor) -> bool:
+    """True when every row of the (B, T) mask is its real tokens followed by padding only (SFT, DPO, reward)."""
+    mask = attention_mask.bool()
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
 def decode_key_mask(attention_mask: Tensor, window: int | None) -> Tensor:
     """(B, S) bool: the keys one new query (the last of the S positions) may attend. The real keys of the
     (B, S) mask, its own key (so a pad query never gets an all-False row) and, with a sliding window, only the last

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lit_llm.attention import (Attention, KVCache, RMSNorm, Unpadded, build_attention_mask, decode_key_mask,
-                               default_position_ids)
+                               default_position_ids, right_padded)
 from lit_llm.losses import IGNORE_INDEX, token_logprobs
 from lit_llm.rope import RotaryEmbedding, normalise_rope_scaling
 
@@ -359,12 +359,6 @@ class Transformer(nn.Module):
         T = c.max_seq_len if seq_len is None else seq_len
         n_matmul = self.num_params(exclude_embeddings=True) + c.d_model * c.vocab_size
         return float(6 * n_matmul + 12 * c.n_layer * c.n_head * c.head_dim * T)
-
-
-def right_padded(attention_mask: Tensor) -> bool:
-    """True when every row of the (B, T) mask is its real tokens followed by padding only (SFT, DPO, reward)."""
-    mask = attention_mask.bool()
-    return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
