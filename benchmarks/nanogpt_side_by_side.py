@@ -15,8 +15,8 @@ nanoGPT is an external checkout run beside ours, never committed:
 Speed: `--rounds` × (nanoGPT run, our run) of `--speed-steps` steps each, alternating, without validation; each
 run's tokens/s is batch × context ÷ median step time (nanoGPT: its printed per-iteration time; ours: the wall time
 between consecutive ends of training batches; both include fetching the batch, forward, backward and the AdamW
-step). Loss: one run each of `--loss-steps` steps with evaluation every 250 steps (nanoGPT: its estimate over
-`--eval-iters` random val batches; ours: the whole val split).
+step). Loss: one run each of `--loss-steps` steps with evaluation every `--eval-interval` steps (nanoGPT: its
+estimate over `--eval-iters` random val batches; ours: the whole val split).
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def run_nanogpt(nanogpt: Path, dataset: str, steps: int, eval_interval: int, eva
     return {"step_times": times, "val_loss": val, "params": params}
 
 
-def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False) -> dict:
+def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False,
+               eval_interval: int = 250) -> dict:
     """One PretrainLM run of configs/pretrain/shakespeare.yaml in this process; step times and val-loss history
     (with `compile_blocks`, the blocks compiled by lit_llm.callbacks.Compile)."""
     args = ["--config", str(CONFIG), f"--data.init_args.source={data}", f"--trainer.max_steps={steps}",
@@ -108,7 +109,9 @@ def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks
             f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", "--trainer.logger.init_args.experiment_name=nanogpt-side-by-side",
             f"--data.init_args.cache_dir={REPO / 'data' / 'cache'}"]
-    if not validate:
+    if validate:
+        args.append(f"--trainer.val_check_interval={eval_interval}")
+    else:
         args.append("--trainer.limit_val_batches=0")
     if compile_blocks:
         args.append("--trainer.callbacks+=lit_llm.callbacks.Compile")
@@ -125,9 +128,11 @@ def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks
             "params": cli.model.model.num_params(), "mlflow_run_id": run_id}
 
 
-def run_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False) -> dict:
+def run_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False,
+             eval_interval: int = 250) -> dict:
     """`train_ours` in a fresh Python process, as nanoGPT runs, so neither inherits the other's state."""
-    worker = [sys.executable, __file__, "--worker", str(root), "--data", data, "--speed-steps", str(steps)]
+    worker = [sys.executable, __file__, "--worker", str(root), "--data", data, "--speed-steps", str(steps),
+              "--eval-interval", str(eval_interval)]
     worker += ["--validate"] if validate else []
     proc = subprocess.run(worker + (["--compile"] if compile_blocks else []), capture_output=True, text=True,
                           check=True)
@@ -211,6 +216,7 @@ def main() -> None:
     p.add_argument("--model-only-rounds", type=int, default=0,
                    help="also time the two models alone in one plain PyTorch loop (imports the checkout's model.py)")
     p.add_argument("--eval-iters", type=int, default=200, help="nanoGPT's val batches per estimate")
+    p.add_argument("--eval-interval", type=int, default=250, help="steps between val-loss evaluations (both)")
     p.add_argument("--nanogpt-commit", default="", help="the checkout's commit, recorded in the JSON")
     p.add_argument("--out", default="nanogpt_side_by_side.json")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: one of our runs, JSON on stdout
@@ -220,7 +226,8 @@ def main() -> None:
                         "nanoGPT runs as its README runs it on CPU (--compile=False)")
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(train_ours(args.data, args.worker, args.speed_steps, args.validate, args.compile)))
+        print(json.dumps(train_ours(args.data, args.worker, args.speed_steps, args.validate, args.compile,
+                                    args.eval_interval)))
         return
     if args.nanogpt is None:
         p.error("--nanogpt (a nanoGPT checkout) is required")
@@ -233,9 +240,10 @@ def main() -> None:
     dataset = write_nanogpt_dataset(args.data, args.nanogpt)
     result["speed"] = speed_rounds(args, dataset) if args.rounds else []
     if args.loss_steps:
-        result["loss"] = {"nanogpt": run_nanogpt(args.nanogpt, dataset, args.loss_steps, 250, args.eval_iters),
+        result["loss"] = {"nanogpt": run_nanogpt(args.nanogpt, dataset, args.loss_steps, args.eval_interval,
+                                                 args.eval_iters),
                           "ours": run_ours(args.data, Path("/tmp/nanogpt_sbs/ours-loss"), args.loss_steps, True,
-                                           args.compile)}
+                                           args.compile, args.eval_interval)}
         for name in ("nanogpt", "ours"):
             print(name, "val loss", result["loss"][name]["val_loss"])
     result["load_avg_end"] = os.getloadavg()

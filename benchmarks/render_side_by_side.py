@@ -81,21 +81,53 @@ def model_only_section(result: dict) -> list[str]:
                         f"({len(ratios)} rounds).", ""]
 
 
-def loss_section(result: dict) -> list[str]:
+def loss_section(result: dict, speed: dict) -> list[str]:
     nano, ours = result["loss"]["nanogpt"], result["loss"]["ours"]
-    steps = sorted(set(int(s) for s in nano["val_loss"]) | set(int(s) + 1 for s in ours["val_loss"]))
     ours_loss = {int(k) + 1: v for k, v in ours["val_loss"].items()}  # MLflow step 249 = after 250 updates
     nano_loss = {int(k): v for k, v in nano["val_loss"].items()}
+    shown = sorted(s for s in set(nano_loss) | set(ours_loss) if s % 250 == 0)  # every 250 steps, however dense
     lines = ["## Validation loss at equal steps", "", f"    python {result['command']}", "",
              f"Parameters: nanoGPT {nano['params'] / 1e6:.3f}M (its count, without the position table), lit_llm "
              f"{ours['params']:,} (MLflow run `{ours['mlflow_run_id']}`); {load_line(result)}.", "",
              "| step | nanoGPT val loss (estimate, random val batches) | lit_llm val loss (whole val split) |",
              "|---:|---:|---:|"]
-    for s in steps:
+    for s in shown:
         a = f"{nano_loss[s]:.4f}" if s in nano_loss else "–"
         b = f"{ours_loss[s]:.4f}" if s in ours_loss else "–"
         lines.append(f"| {s} | {a} | {b} |")
-    return lines + [""]
+    return lines + [""] + time_to_loss_lines(nano_loss, ours_loss, speed["speed"])
+
+
+def steps_to_reach(curve: dict[int, float], target: float) -> float | None:
+    """Steps a val-loss curve takes to reach `target`, linearly interpolated between its evaluations."""
+    previous = None
+    for step in sorted(curve):
+        if curve[step] <= target:
+            if previous is None:
+                return float(step)
+            s0, l0 = previous
+            return s0 + (step - s0) * (l0 - target) / (l0 - curve[step])
+        previous = (step, curve[step])
+    return None
+
+
+def time_to_loss_lines(nano_loss: dict[int, float], ours_loss: dict[int, float], rows: list[dict]) -> list[str]:
+    """Wall time to nanoGPT's final val loss, from the loss curves and the speed table's median tokens/s ratio."""
+    last = max(nano_loss)
+    target, steps = nano_loss[last], steps_to_reach(ours_loss, nano_loss[last])
+    if steps is None or not rows:
+        return []
+    interval = min(b - a for a, b in zip(sorted(ours_loss), sorted(ours_loss)[1:]))
+    out = (f"**Time to nanoGPT's final val loss** ({target:.4f} after its {last} steps): lit_llm reaches it after "
+           f"{steps:.0f} steps ({steps / last:.0%} of nanoGPT's; linear between its evaluations every {interval} "
+           f"steps, in a run whose learning rate decays over {max(ours_loss)} steps). With the speed table's median "
+           f"tokens/s ratio, nanoGPT's wall time to that loss ÷ lit_llm's: ")
+    parts = []
+    for key, name in (("ratio", "eager"), ("compiled_ratio", "compiled")):
+        if key in rows[0]:
+            ratio = statistics.median(r[key] for r in rows)
+            parts.append(f"{last / steps * ratio:.2f}× {name} ({last} / {steps:.0f} steps × {ratio:.3f})")
+    return [out + ", ".join(parts) + ". This is not the tokens/s at equal steps the speed table measures.", ""]
 
 
 def generation_section(results: list[dict]) -> list[str]:
@@ -208,7 +240,7 @@ def main() -> None:
              "Written by `benchmarks/render_side_by_side.py` from the benchmarks' JSON output; the commands are "
              f"below each table. Machine: {cpu_model()}, {os.cpu_count()} cores (virtual machine), CPU only.", ""]
     lines += speed_section(load(args.speed)) + model_only_section(load(args.model_only))
-    lines += loss_section(load(args.loss))
+    lines += loss_section(load(args.loss), load(args.speed))
     lines += generation_section([load(path) for path in args.generation])
     if args.dpo:
         lines += dpo_section([load(path) for path in args.dpo])
