@@ -49,6 +49,7 @@ TOKENS_PER_STEP = SHAPE["block_size"] * SHAPE["batch_size"]
 # SwiGLU width at which our parameter count matches nanoGPT's GELU MLP (3·128·341 ≈ 2·128·512): 820,864 against
 # its 829,568 (which includes 64×128 learned positions), so both do the same matmul FLOPs per token.
 D_FF = 341
+EVAL_INTERVAL = 250  # steps between val-loss evaluations, both sides (--eval-interval)
 
 
 class StepTimes(pl.Callback):
@@ -101,7 +102,7 @@ def run_nanogpt(nanogpt: Path, dataset: str, steps: int, eval_interval: int, eva
 
 
 def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False,
-               eval_interval: int = 250) -> dict:
+               eval_interval: int = EVAL_INTERVAL) -> dict:
     """One PretrainLM run of configs/pretrain/shakespeare.yaml in this process; step times and val-loss history
     (with `compile_blocks`, the blocks compiled by lit_llm.callbacks.Compile)."""
     args = ["--config", str(CONFIG), f"--data.init_args.source={data}", f"--trainer.max_steps={steps}",
@@ -129,7 +130,7 @@ def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks
 
 
 def run_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False,
-             eval_interval: int = 250) -> dict:
+             eval_interval: int = EVAL_INTERVAL) -> dict:
     """`train_ours` in a fresh Python process, as nanoGPT runs, so neither inherits the other's state."""
     worker = [sys.executable, __file__, "--worker", str(root), "--data", data, "--speed-steps", str(steps),
               "--eval-interval", str(eval_interval)]
@@ -216,7 +217,8 @@ def main() -> None:
     p.add_argument("--model-only-rounds", type=int, default=0,
                    help="also time the two models alone in one plain PyTorch loop (imports the checkout's model.py)")
     p.add_argument("--eval-iters", type=int, default=200, help="nanoGPT's val batches per estimate")
-    p.add_argument("--eval-interval", type=int, default=250, help="steps between val-loss evaluations (both)")
+    p.add_argument("--eval-interval", type=int, default=EVAL_INTERVAL,
+                   help="steps between val-loss evaluations (both)")
     p.add_argument("--nanogpt-commit", default="", help="the checkout's commit, recorded in the JSON")
     p.add_argument("--out", default="nanogpt_side_by_side.json")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: one of our runs, JSON on stdout

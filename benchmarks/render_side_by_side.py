@@ -117,7 +117,8 @@ def time_to_loss_lines(nano_loss: dict[int, float], ours_loss: dict[int, float],
     target, steps = nano_loss[last], steps_to_reach(ours_loss, nano_loss[last])
     if steps is None or not rows:
         return []
-    interval = min(b - a for a, b in zip(sorted(ours_loss), sorted(ours_loss)[1:]))
+    evaluated = sorted(ours_loss)
+    interval = min(b - a for a, b in zip(evaluated, evaluated[1:]))
     out = (f"**Time to nanoGPT's final val loss** ({target:.4f} after its {last} steps): lit_llm reaches it after "
            f"{steps:.0f} steps ({steps / last:.0%} of nanoGPT's; linear between its evaluations every {interval} "
            f"steps, in a run whose learning rate decays over {max(ours_loss)} steps). With the speed table's median "
@@ -239,8 +240,9 @@ def main() -> None:
     lines = ["# Side by side with peers, on the same machine", "",
              "Written by `benchmarks/render_side_by_side.py` from the benchmarks' JSON output; the commands are "
              f"below each table. Machine: {cpu_model()}, {os.cpu_count()} cores (virtual machine), CPU only.", ""]
-    lines += speed_section(load(args.speed)) + model_only_section(load(args.model_only))
-    lines += loss_section(load(args.loss), load(args.speed))
+    speed = load(args.speed)
+    lines += speed_section(speed) + model_only_section(load(args.model_only))
+    lines += loss_section(load(args.loss), speed)
     lines += generation_section([load(path) for path in args.generation])
     if args.dpo:
         lines += dpo_section([load(path) for path in args.dpo])
