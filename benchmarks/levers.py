@@ -16,7 +16,13 @@ so a block runs 4 matmuls instead of 7 (as nanoGPT's GPT-2 block does). It exist
 The second table is not levers: it swaps a Llama part for its GPT-2 counterpart (a different model, same parameter
 count and matmul FLOPs) in the same training loop, to show what each part costs at nanoGPT's size.
 
-    python benchmarks/levers.py --rounds 7 --out /tmp/sbs/levers.json
+The third table (with `--nanogpt`, a checkout of nanoGPT) bounds what any lever can reach at that size: A is
+nanoGPT's GPT, B our Transformer, so A ÷ B is our speed relative to nanoGPT's. Its rows: the linear layers'
+matmuls alone (each layer's forward product and both backward products, at the step's token count, no other
+kernel), the models in the training loop eager, ours with the whole step compiled against nanoGPT eager (nanoGPT's
+CPU run), and both compiled.
+
+    python benchmarks/levers.py --rounds 7 --nanogpt /tmp/nanoGPT --out /tmp/sbs/levers.json
 """
 
 from __future__ import annotations
@@ -242,6 +248,48 @@ def architecture_rows() -> list[tuple[str, str, Callable, Callable, Callable]]:
              timed_step(swap(training_model()), lm_loss)) for name, swap in swaps]
 
 
+def matmul_seconds(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:
+    """Median seconds, over the batches (the first 5 warm-up), of every nn.Linear's three products of a training
+    step at the batches' token count: x W^T (forward), g W (the input's gradient) and g^T x (the weight's)."""
+    tokens = batches[0][0].numel()
+    products = []
+    for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+        w = layer.weight.detach()
+        x, g = torch.randn(tokens, layer.in_features), torch.randn(tokens, layer.out_features)
+        products += [partial(torch.mm, x, w.t()), partial(torch.mm, g, w), partial(torch.mm, g.t(), x)]
+    times = []
+    for _ in batches:
+        start = time.perf_counter()
+        for product in products:
+            product()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[5:])
+
+
+def ceiling_rows(nanogpt: str) -> list[tuple[str, str, Callable, Callable, Callable]]:
+    """(what is compared, workload, inputs, nanoGPT's seconds, ours): our speed ÷ nanoGPT's at the same size."""
+    sys.path.insert(0, nanogpt)
+    from model import GPT, GPTConfig  # nanoGPT's model.py
+
+    def nano() -> nn.Module:
+        torch.manual_seed(0)
+        return GPT(GPTConfig(block_size=SHAPE["block_size"], vocab_size=VOCAB, n_layer=SHAPE["n_layer"],
+                             n_head=SHAPE["n_head"], n_embd=SHAPE["n_embd"], dropout=0.0, bias=False))
+
+    nano_loss = lambda model, x, y: model(x, y)[1]  # noqa: E731 (nanoGPT's forward returns logits, loss)
+    return [
+        ("the linear layers' matmuls alone (7 a block at widths 128 and 341; nanoGPT 4 at 384, 128, 512)",
+         "3 products per layer", training_batches, partial(matmul_seconds, nano()),
+         partial(matmul_seconds, training_model())),
+        ("the models, both eager", "training step", training_batches, timed_step(nano(), nano_loss),
+         timed_step(training_model(), lm_loss)),
+        ("ours with the whole step compiled, nanoGPT eager (its CPU run)", "training step", training_batches,
+         timed_step(nano(), nano_loss), timed_step(training_model(), torch.compile(lm_loss))),
+        ("both with the whole step compiled", "training step", training_batches,
+         timed_step(nano(), torch.compile(nano_loss)), timed_step(training_model(), torch.compile(lm_loss))),
+    ]
+
+
 def decode_levers() -> list[tuple[str, str, Callable, Callable, Callable]]:
     torch.manual_seed(0)
     ours = Transformer(ModelConfig(**PRESETS["small"])).eval()
@@ -282,11 +330,14 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--out", default="levers.json")
+    p.add_argument("--nanogpt", help="a nanoGPT checkout: adds the table of our speed against its model's")
     args = p.parse_args()
     result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "load_avg_start": os.getloadavg()}
     rows = measure(training_levers(), args.rounds)
     result["architecture"] = measure(architecture_rows(), args.rounds)
+    if args.nanogpt:
+        result["ceiling"] = measure(ceiling_rows(args.nanogpt), args.rounds)
     torch.set_num_threads(1)
     result["rows"] = rows + measure(decode_levers(), args.rounds)
     result["load_avg_end"] = os.getloadavg()
