@@ -1,9 +1,10 @@
 """`lit-llm bench`: a quick run through the CLI writes every section with positive, finite numbers, MFU is the
 stated ratio, the report names the command; `--skip` leaves sections out; the Throughput callback takes its peak
-from a bench JSON (and names the file when it cannot).
+from a bench JSON (and names the file when it cannot); the GPU checks' run summary lists an experiment's runs.
 
 Cached = uncached greedy generation is tested in test_generation.py."""
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ from lit_llm.cli import LitLLMCLI
 from lit_llm.commands import main
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.stages.pretrain import PretrainLM
-from tests.conftest import TINY_PRETRAIN
+from tests.conftest import REPO, TINY_PRETRAIN
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,15 @@ def test_the_cli_accepts_a_bench_json_as_the_throughput_peak(bench_files: tuple[
                           f"--trainer.callbacks.peak_flops={bench_files[0]}"], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, Throughput)]
     assert callback.peak_flops == json.loads(bench_files[0].read_text())["peak_flops"]
+
+
+def test_gpu_checks_summary_lists_an_experiments_runs_with_their_last_metrics(tiny_pretrain: Path) -> None:
+    """scripts/mlflow_summary.py (what scripts/gpu_checks.sh brings back from a lent machine) on the micro
+    pretraining run of the session's store."""
+    spec = importlib.util.spec_from_file_location("mlflow_summary", REPO / "scripts" / "mlflow_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = [r for r in module.summary("tests") if r["stage"] == "pretrain" and r["status"] == "FINISHED"]
+    assert runs, "the micro pretraining run is missing"
+    assert all(positive(r["wall_s"]) and positive(r["metrics"]["val/loss"]) for r in runs)
+    assert module.summary("no-such-experiment") == []
