@@ -3,8 +3,8 @@
 # most 6 small files, since the device tool brings back 8 at most: log.txt, bench.json, performance_gpu.md,
 # gen_vs_hf.json and runs.json (every MLflow run's stage, status, duration and last metrics); checkpoints, the
 # MLflow store and the run folders stay in $WORK (default $OUT/work when $OUT is out/gpu_checks, else /tmp/gpu_work).
-#   1. lit-llm bench on CUDA in bf16 (matmul peak, training tokens/s and MFU of tiny, small and gpt2-124m,
-#      KV-cache generation, DPO/PPO steps)            -> bench.json, performance_gpu.md
+#   1. lit-llm bench on CUDA in bf16 (matmul peak, training tokens/s and MFU of tiny, small and gpt2-124m, eager
+#      and with compiled blocks, KV-cache generation, DPO/PPO steps)            -> bench.json, performance_gpu.md
 #   2. our generation against transformers' generate on the GPU, eager and with the compiled decode step
 #                                                       -> gen_vs_hf.json
 #   3. a 1-GPU FSDP run of the tiny recipe: a sharded checkpoint at step 100, then resumed from it to step 150, and
@@ -64,7 +64,7 @@ step "1. lit-llm bench ($DEVICE)"
 if [ "$QUICK" = 1 ]; then
   within lit-llm bench --device "$DEVICE" --quick --out "$OUT/bench.json" --report "$OUT/performance_gpu.md"
 else
-  within lit-llm bench --device "$DEVICE" --dtype bfloat16 --sizes tiny,small,gpt2-124m --out "$OUT/bench.json" \
+  within lit-llm bench --device "$DEVICE" --dtype bfloat16 --sizes tiny,small,gpt2-124m --compile --out "$OUT/bench.json" \
     --report "$OUT/performance_gpu.md"
 fi
 

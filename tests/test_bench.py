@@ -72,13 +72,15 @@ def test_report_has_the_command_the_load_and_every_table(bench_files: tuple[Path
         assert heading in report, heading
 
 
-def test_skipped_sections_are_absent_and_throughput_names_the_file_without_a_peak(tmp_path: Path) -> None:
+def test_skipped_sections_are_absent_compile_adds_a_compiled_row_and_throughput_names_the_file_without_a_peak(
+        tmp_path: Path) -> None:
     out = tmp_path / "train_only.json"
-    main(["bench", "--quick", "--threads", "1", "--skip", "matmul,generate", "--skip", "dpo,ppo",
+    main(["bench", "--quick", "--threads", "1", "--skip", "matmul,generate", "--skip", "dpo,ppo", "--compile",
           "--out", str(out)])
     result = json.loads(out.read_text())
     assert {"matmul", "peak_flops", "generate", "dpo", "ppo"}.isdisjoint(result)
-    assert result["train"][0]["mfu"] is None and positive(result["train"][0]["tokens_per_s"])
+    assert [(r["size"], r["compiled"]) for r in result["train"]] == [("tiny", False), ("tiny", True)]
+    assert all(r["mfu"] is None and positive(r["tokens_per_s"]) for r in result["train"])
     with pytest.raises(ValueError, match=f"{out}.*peak_flops"):
         Throughput(peak_flops=str(out))
     with pytest.raises(FileNotFoundError, match="missing.json"):

@@ -5,7 +5,8 @@ Sections (each can be left out with --skip):
     matmul    achieved FLOP/s of square matmuls at --dtype; the best is `peak_flops`, the MFU denominator here
               and in the Throughput callback (`Throughput(peak_flops="bench.json")`)
     train     tokens/s and MFU of PretrainLM's training step (forward, loss, backward, gradient clipping, AdamW)
-              under a Lightning Trainer at the --dtype precision, per model size (PRESETS), on random tokens
+              under a Lightning Trainer at the --dtype precision, per model size (PRESETS), on random tokens;
+              with --compile also each size with its blocks compiled (lit_llm.callbacks.Compile)
     generate  greedy `generate` tokens/s with and without the KV cache, random weights and prompts, no eos
     dpo       DPOModule's training step: policy and reference forward over chosen+rejected rows, backward, AdamW
     ppo       one PPO iteration of PPOModule (rollout generation / scoring / clipped updates)

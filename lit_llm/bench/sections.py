@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from lit_llm.bench.markdown import format_flops, format_share
 from lit_llm.bench.settings import DTYPES, PRECISIONS, PRESETS, TRAIN_SHAPES, Log, Settings
 from lit_llm.bench.timing import autocast, fit_timed, median_of, sync
+from lit_llm.callbacks import Compile
 from lit_llm.checkpoint import META_KEY, checkpoint_meta
 from lit_llm.data.preference import PreferenceDataModule
 from lit_llm.data.prompts import PromptDataModule
@@ -65,8 +66,10 @@ def random_batches(vocab_size: int, batch: int, seq_len: int, n: int) -> DataLoa
     return DataLoader([{"input_ids": t[:, :-1], "labels": t[:, 1:]} for t in tokens], batch_size=None)
 
 
-def bench_train_size(name: str, settings: Settings, peak_flops: float | None, log: Log) -> dict[str, Any]:
-    """Tokens/s and MFU of PretrainLM's training step for one model size."""
+def bench_train_size(name: str, settings: Settings, peak_flops: float | None, log: Log,
+                     compiled: bool = False) -> dict[str, Any]:
+    """Tokens/s and MFU of PretrainLM's training step for one model size (`compiled`: each block through
+    torch.compile by the Compile callback; the warm-up steps take the compilation)."""
     config = ModelConfig(**PRESETS[name])
     batch = settings.train_batch or TRAIN_SHAPES[name][0]
     seq_len = settings.train_seq_len or TRAIN_SHAPES[name][1]
@@ -75,14 +78,14 @@ def bench_train_size(name: str, settings: Settings, peak_flops: float | None, lo
     module.model = Transformer(config)  # configure_model keeps an existing model: no tokenizer needed
     steps = settings.warmup + settings.steps
     rows = fit_timed(module, random_batches(config.vocab_size, batch, seq_len, steps), settings, steps,
-                     gradient_clip_val=1.0)
+                     callbacks=[Compile()] if compiled else [], gradient_clip_val=1.0)
     step_s = median_of(rows, "step_s")
     tokens_per_s = batch * seq_len / step_s
     flops = module.model.flops_per_token(seq_len)
     mfu = flops * tokens_per_s / peak_flops if peak_flops else None
-    log(f"train {name} ({module.model.num_params() / 1e6:.2f}M params, batch {batch} x {seq_len}): "
+    log(f"train {name}{' compiled' * compiled} ({module.model.num_params() / 1e6:.2f}M params, batch {batch} x {seq_len}): "
         f"{step_s * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU {format_share(mfu)}")
-    return {"size": name, "config": config.to_dict(), "params": module.model.num_params(), "batch": batch,
+    return {"size": name, "compiled": compiled, "config": config.to_dict(), "params": module.model.num_params(), "batch": batch,
             "seq_len": seq_len, "precision": PRECISIONS[settings.dtype], "steps": len(rows), "step_s": step_s,
             "tokens_per_s": tokens_per_s, "flops_per_token": flops, "achieved_flops": flops * tokens_per_s,
             "mfu": mfu}
@@ -195,8 +198,8 @@ def run_sections(settings: Settings, skip: set[str], log: Log) -> dict[str, Any]
         result["matmul"] = bench_matmul(settings, log)
         result["peak_flops"] = result["matmul"]["peak_flops"]
     if "train" not in skip:
-        result["train"] = [bench_train_size(name, settings, result.get("peak_flops"), log)
-                           for name in settings.sizes]
+        result["train"] = [bench_train_size(name, settings, result.get("peak_flops"), log, compiled)
+                           for name in settings.sizes for compiled in [False, True][:1 + settings.compile]]
     if "generate" not in skip:
         result["generate"] = bench_generate(settings, log)
     if {"dpo", "ppo"} - skip:

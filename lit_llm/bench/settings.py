@@ -37,6 +37,7 @@ class Settings:
     matmul_sizes: list[int]
     matmul_reps: int
     sizes: list[str]
+    compile: bool  # also time each training size with its blocks compiled (lit_llm.callbacks.Compile)
     train_batch: int | None  # for every size; None = TRAIN_SHAPES
     train_seq_len: int | None
     warmup: int  # untimed training / DPO steps and PPO iterations
@@ -78,6 +79,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="matmul dtype and training precision (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--sizes", default=None, help=f"comma-separated model sizes of {list(PRESETS)} "
                                                  "(default: tiny,small on CPU, small,gpt2-124m on CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each training size with its blocks compiled (lit_llm.callbacks.Compile, inductor)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch for every size (default per size)")
     p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default per size)")
     p.add_argument("--steps", type=int, default=None, help="timed training/DPO steps and PPO iterations")
@@ -107,7 +110,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if unknown:
         raise SystemExit(f"lit-llm bench: unknown sizes {unknown}; known: {list(PRESETS)}")
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
-    return Settings(device=device, dtype=dtype, quick=args.quick, **values)
+    return Settings(device=device, dtype=dtype, quick=args.quick, compile=args.compile, **values)
 
 
 def skipped_sections(skip: list[str]) -> set[str]:
