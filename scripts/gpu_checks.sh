@@ -51,38 +51,39 @@ else
 fi
 step() { echo; echo "=== $1 ($(date -u +%H:%M:%S), ${SECONDS} s in)"; }
 past_deadline() { [ "$DEADLINE" != 0 ] && [ $((DEADLINE - SECONDS)) -lt 20 ]; }
+# `python3 -m lit_llm` (= lit-llm): the python that holds torch there, whether or not its scripts are on PATH.
 within() {  # "$@", interrupted like Ctrl-C at the deadline, skipped once it is near
   if [ "$DEADLINE" = 0 ]; then "$@"; return; fi
-  if past_deadline; then echo "skipped at the deadline: $1 $2"; return 0; fi
+  if past_deadline; then echo "skipped at the deadline: $*" | cut -c1-120; return 0; fi
   local rc=0
   timeout --signal=INT --kill-after=20 $((DEADLINE - SECONDS)) "$@" || rc=$?
-  if [ "$rc" = 124 ]; then echo "stopped at the deadline: $1 $2"; return 0; fi
+  if [ "$rc" = 124 ]; then echo "stopped at the deadline: $*" | cut -c1-120; return 0; fi
   return "$rc"
 }
 
 step "1. lit-llm bench ($DEVICE)"
 if [ "$QUICK" = 1 ]; then
-  within lit-llm bench --device "$DEVICE" --quick --out "$OUT/bench.json" --report "$OUT/performance_gpu.md"
+  within python3 -m lit_llm bench --device "$DEVICE" --quick --out "$OUT/bench.json" --report "$OUT/performance_gpu.md"
 else
-  within lit-llm bench --device "$DEVICE" --dtype bfloat16 --sizes tiny,small,gpt2-124m --compile --out "$OUT/bench.json" \
+  within python3 -m lit_llm bench --device "$DEVICE" --dtype bfloat16 --sizes tiny,small,gpt2-124m --compile --out "$OUT/bench.json" \
     --report "$OUT/performance_gpu.md"
 fi
 
 step "2. generation against transformers ($DEVICE)"
 rounds=$([ "$QUICK" = 1 ] && echo 1 || echo 5)
 new_tokens=$([ "$QUICK" = 1 ] && echo 8 || echo 128)
-within python benchmarks/generation_vs_transformers.py --device "$DEVICE" --rounds "$rounds" --new-tokens "$new_tokens" \
+within python3 benchmarks/generation_vs_transformers.py --device "$DEVICE" --rounds "$rounds" --new-tokens "$new_tokens" \
   --compile --out "$OUT/gen_vs_hf.json"
 
 step "3. FSDP on one GPU: sharded checkpoint at step 100, resumed to 150"
 if [ "$DEVICE" = cuda ]; then
   fsdp=(--config configs/pretrain/tiny.yaml --config configs/strategy/fsdp.yaml --trainer.devices=1
         "--trainer.default_root_dir=$WORK/fsdp" --trainer.logger.init_args.experiment_name=gpu-checks)
-  within lit-llm fit "${fsdp[@]}" --trainer.max_steps=100
+  within python3 -m lit_llm fit "${fsdp[@]}" --trainer.max_steps=100
   past_deadline || test -d "$WORK/fsdp/checkpoints/last.ckpt"  # a directory of shards
-  within lit-llm fit "${fsdp[@]}" --trainer.max_steps=150 --ckpt_path=last
+  within python3 -m lit_llm fit "${fsdp[@]}" --trainer.max_steps=150 --ckpt_path=last
   # DPO runs each decoder block twice per forward (a prompt's pass, then its responses': lit_llm.shared_prefix)
-  within lit-llm fit --config configs/dpo/tiny.yaml --config configs/strategy/fsdp.yaml --trainer.devices=1 \
+  within python3 -m lit_llm fit --config configs/dpo/tiny.yaml --config configs/strategy/fsdp.yaml --trainer.devices=1 \
     --trainer.max_steps=20 --trainer.val_check_interval=20 "--trainer.default_root_dir=$WORK/fsdp_dpo" \
     --trainer.logger.init_args.experiment_name=gpu-checks --data.init_args.source=tasks \
     "--model.init_args.init_from=$WORK/fsdp/checkpoints/last.ckpt"
@@ -95,12 +96,12 @@ step "4. tinystories_hh configs, $steps steps each, task-world stand-in data"
 root="$WORK/tinystories_hh"
 common=(--trainer.max_steps="$steps" --trainer.val_check_interval="$steps" --trainer.accelerator="$accelerator"
         --trainer.precision="$precision" --trainer.logger.init_args.experiment_name=gpu-checks)
-within lit-llm fit --config configs/pretrain/tinystories.yaml "${common[@]}" --trainer.default_root_dir="$root/pretrain" \
+within python3 -m lit_llm fit --config configs/pretrain/tinystories.yaml "${common[@]}" --trainer.default_root_dir="$root/pretrain" \
   --data.init_args.source=tasks --data.init_args.num_workers=0 --data.init_args.val_samples=64
-within lit-llm fit --config configs/sft/alpaca_52k.yaml "${common[@]}" --trainer.default_root_dir="$root/sft" \
+within python3 -m lit_llm fit --config configs/sft/alpaca_52k.yaml "${common[@]}" --trainer.default_root_dir="$root/sft" \
   --model.init_args.init_from="$root/pretrain/checkpoints/last.ckpt" --data.init_args.source=tasks
 for stage in reward dpo; do
-  within lit-llm fit --config "configs/$stage/hh.yaml" "${common[@]}" --trainer.default_root_dir="$root/$stage" \
+  within python3 -m lit_llm fit --config "configs/$stage/hh.yaml" "${common[@]}" --trainer.default_root_dir="$root/$stage" \
     --model.init_args.init_from="$root/sft/checkpoints/last.ckpt" --data.init_args.source=tasks
 done
 step "done: results in $OUT"
