@@ -40,7 +40,8 @@ def train_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Training (PretrainLM step: forward, loss, backward, clipping, AdamW)", "",
              "| size | params | batch × seq_len | step | tokens/s | FLOPs/token | achieved | MFU |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['size']}{' (compiled)' * r.get('compiled', False)} | {r['params'] / 1e6:.2f}M | {r['batch']} × {r['seq_len']} | {r['step_s'] * 1e3:.1f} ms "
+    lines += [f"| {r['size']}{' (compiled)' * r.get('compiled', False)} | {r['params'] / 1e6:.2f}M "
+              f"| {r['batch']} × {r['seq_len']} | {r['step_s'] * 1e3:.1f} ms "
               f"| {r['tokens_per_s']:,.0f} | {r['flops_per_token'] / 1e6:.1f}M | {format_flops(r['achieved_flops'])} "
               f"| {format_share(r['mfu'])} |" for r in rows]
     return lines + ["", f"Median of {rows[0]['steps']} timed steps after warm-up; MFU = FLOPs/token × tokens/s ÷ "

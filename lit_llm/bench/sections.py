@@ -83,12 +83,13 @@ def bench_train_size(name: str, settings: Settings, peak_flops: float | None, lo
     tokens_per_s = batch * seq_len / step_s
     flops = module.model.flops_per_token(seq_len)
     mfu = flops * tokens_per_s / peak_flops if peak_flops else None
-    log(f"train {name}{' compiled' * compiled} ({module.model.num_params() / 1e6:.2f}M params, batch {batch} x {seq_len}): "
-        f"{step_s * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, MFU {format_share(mfu)}")
-    return {"size": name, "compiled": compiled, "config": config.to_dict(), "params": module.model.num_params(), "batch": batch,
-            "seq_len": seq_len, "precision": PRECISIONS[settings.dtype], "steps": len(rows), "step_s": step_s,
-            "tokens_per_s": tokens_per_s, "flops_per_token": flops, "achieved_flops": flops * tokens_per_s,
-            "mfu": mfu}
+    log(f"train {name}{' compiled' * compiled} ({module.model.num_params() / 1e6:.2f}M params, "
+        f"batch {batch} x {seq_len}): {step_s * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, "
+        f"MFU {format_share(mfu)}")
+    return {"size": name, "compiled": compiled, "config": config.to_dict(), "params": module.model.num_params(),
+            "batch": batch, "seq_len": seq_len, "precision": PRECISIONS[settings.dtype], "steps": len(rows),
+            "step_s": step_s, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
+            "achieved_flops": flops * tokens_per_s, "mfu": mfu}
 
 
 # ------------------------------------------------------------------------------------------- generation

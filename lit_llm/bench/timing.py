@@ -69,7 +69,8 @@ def fit_timed(module: pl.LightningModule, data: Any, settings: Settings, max_ste
         trainer = pl.Trainer(accelerator=settings.device, devices=1, precision=PRECISIONS[settings.dtype],
                              max_steps=max_steps, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                             num_sanity_val_steps=0, callbacks=[timer, *callbacks], default_root_dir=root, **trainer_kwargs)
+                             num_sanity_val_steps=0, callbacks=[timer, *callbacks], default_root_dir=root,
+                             **trainer_kwargs)
         if isinstance(data, pl.LightningDataModule):
             trainer.fit(module, datamodule=data)
         else:
