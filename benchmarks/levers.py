@@ -50,7 +50,7 @@ from lit_llm.model import ModelConfig, Transformer
 from lit_llm.rope import apply_rope
 
 sys.path.insert(0, os.path.dirname(__file__))
-from nanogpt_side_by_side import D_FF, SHAPE, model_step_seconds  # noqa: E402
+from nanogpt_side_by_side import D_FF, SHAPE, model_step_seconds, nanogpt_model  # noqa: E402
 
 VOCAB = 264  # nanoGPT's byte vocabulary in the side-by-side
 DECODE = dict(batch=8, prompt_len=128, new_tokens=128)
@@ -268,13 +268,9 @@ def matmul_seconds(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> fl
 
 def ceiling_rows(nanogpt: str) -> list[tuple[str, str, Callable, Callable, Callable]]:
     """(what is compared, workload, inputs, nanoGPT's seconds, ours): our speed ÷ nanoGPT's at the same size."""
-    sys.path.insert(0, nanogpt)
-    from model import GPT, GPTConfig  # nanoGPT's model.py
-
     def nano() -> nn.Module:
         torch.manual_seed(0)
-        return GPT(GPTConfig(block_size=SHAPE["block_size"], vocab_size=VOCAB, n_layer=SHAPE["n_layer"],
-                             n_head=SHAPE["n_head"], n_embd=SHAPE["n_embd"], dropout=0.0, bias=False))
+        return nanogpt_model(nanogpt, VOCAB)
 
     nano_loss = lambda model, x, y: model(x, y)[1]  # noqa: E731 (nanoGPT's forward returns logits, loss)
     return [

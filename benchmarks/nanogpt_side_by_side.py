@@ -157,6 +157,15 @@ def model_step_seconds(model: torch.nn.Module, loss_of, batches: list[tuple[torc
     return statistics.median(times[5:])
 
 
+def nanogpt_model(nanogpt: Path | str, vocab_size: int) -> torch.nn.Module:
+    """nanoGPT's GPT (its model.py, from the checkout) at the side by side's shape: no dropout, no biases."""
+    sys.path.insert(0, str(nanogpt))
+    from model import GPT, GPTConfig  # nanoGPT's model.py
+
+    return GPT(GPTConfig(block_size=SHAPE["block_size"], vocab_size=vocab_size, n_layer=SHAPE["n_layer"],
+                         n_head=SHAPE["n_head"], n_embd=SHAPE["n_embd"], dropout=0.0, bias=False))
+
+
 def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60) -> list[dict]:
     """The two models alone in one plain PyTorch loop on identical random batches, alternating: separates the
     models' own speed from the training frameworks around them."""
@@ -164,11 +173,8 @@ def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60) -> list[dict]
 
     from lit_llm.model import ModelConfig, Transformer
 
-    sys.path.insert(0, str(nanogpt))
-    from model import GPT, GPTConfig  # nanoGPT's model.py
-
     V, B, T = 264, SHAPE["batch_size"], SHAPE["block_size"]
-    nano = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False))
+    nano = nanogpt_model(nanogpt, V)
     ours = Transformer(ModelConfig(vocab_size=V, n_layer=4, n_head=4, d_model=128, max_seq_len=T, d_ff=D_FF))
     rows = []
     for r in range(rounds):

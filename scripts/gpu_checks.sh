@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The speed issue's GPU checks in one run, for a lent GPU machine. Results go to $OUT (default out/gpu_checks), at
-# most 6 small files, since the device tool brings back 8 at most: log.txt, bench.json, performance_gpu.md,
-# gen_vs_hf.json and runs.json (every MLflow run's stage, status, duration and last metrics); checkpoints, the
-# MLflow store and the run folders stay in $WORK (default $OUT/work when $OUT is out/gpu_checks, else /tmp/gpu_work).
+# The speed issue's GPU checks in one run, for a lent GPU machine. Results go to $OUT (default out/gpu_checks), 5
+# small files, since the device tool brings back 8 at most: log.txt, bench.json, performance_gpu.md, gen_vs_hf.json
+# and runs.json (every MLflow run's stage, status, duration and last metrics); checkpoints, the MLflow store and the
+# run folders stay in $WORK (default out/gpu_work).
 #   1. lit-llm bench on CUDA in bf16 (matmul peak, training tokens/s and MFU of tiny, small and gpt2-124m, eager
 #      and with compiled blocks, KV-cache generation, DPO/PPO steps)            -> bench.json, performance_gpu.md
 #   2. our generation against transformers' generate on the GPU, eager and with the compiled decode step
@@ -27,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_checks}
-if [ "$OUT" = out/gpu_checks ]; then WORK=${WORK:-$OUT/work}; else WORK=${WORK:-/tmp/gpu_work}; fi
+WORK=${WORK:-out/gpu_work}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-300}
 QUICK=${QUICK:-0}

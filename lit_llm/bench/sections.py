@@ -200,7 +200,7 @@ def run_sections(settings: Settings, skip: set[str], log: Log) -> dict[str, Any]
         result["peak_flops"] = result["matmul"]["peak_flops"]
     if "train" not in skip:
         result["train"] = [bench_train_size(name, settings, result.get("peak_flops"), log, compiled)
-                           for name in settings.sizes for compiled in [False, True][:1 + settings.compile]]
+                           for name in settings.sizes for compiled in ((False, True) if settings.compile else (False,))]
     if "generate" not in skip:
         result["generate"] = bench_generate(settings, log)
     if {"dpo", "ppo"} - skip:
