@@ -102,11 +102,12 @@ def run_nanogpt(nanogpt: Path, dataset: str, steps: int, eval_interval: int, eva
 
 
 def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False,
-               eval_interval: int = EVAL_INTERVAL) -> dict:
+               eval_interval: int = EVAL_INTERVAL, backbone: tuple[str, ...] = ()) -> dict:
     """One PretrainLM run of configs/pretrain/shakespeare.yaml in this process; step times and val-loss history
-    (with `compile_blocks`, the blocks compiled by lit_llm.callbacks.Compile)."""
+    (with `compile_blocks`, the blocks compiled by lit_llm.callbacks.Compile; `backbone`: KEY=VALUE overrides of
+    its shape, after d_ff 341)."""
     args = ["--config", str(CONFIG), f"--data.init_args.source={data}", f"--trainer.max_steps={steps}",
-            f"--model.init_args.backbone.d_ff={D_FF}",
+            f"--model.init_args.backbone.d_ff={D_FF}", *(f"--model.init_args.backbone.{kv}" for kv in backbone),
             f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", "--trainer.logger.init_args.experiment_name=nanogpt-side-by-side",
             f"--data.init_args.cache_dir={REPO / 'data' / 'cache'}"]
@@ -130,10 +131,10 @@ def train_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks
 
 
 def run_ours(data: str, root: Path, steps: int, validate: bool, compile_blocks: bool = False,
-             eval_interval: int = EVAL_INTERVAL) -> dict:
+             eval_interval: int = EVAL_INTERVAL, backbone: tuple[str, ...] = ()) -> dict:
     """`train_ours` in a fresh Python process, as nanoGPT runs, so neither inherits the other's state."""
     worker = [sys.executable, __file__, "--worker", str(root), "--data", data, "--speed-steps", str(steps),
-              "--eval-interval", str(eval_interval)]
+              "--eval-interval", str(eval_interval), *(f"--backbone={kv}" for kv in backbone)]
     worker += ["--validate"] if validate else []
     proc = subprocess.run(worker + (["--compile"] if compile_blocks else []), capture_output=True, text=True,
                           check=True)
@@ -197,13 +198,14 @@ def speed_rounds(args: argparse.Namespace, dataset: str) -> list[dict]:
     rows = []
     for r in range(args.rounds):
         nano = run_nanogpt(args.nanogpt, dataset, args.speed_steps, eval_interval=10**9, eval_iters=1)
-        ours = run_ours(args.data, Path(f"/tmp/nanogpt_sbs/ours-speed-{r}"), args.speed_steps, validate=False)
+        ours = run_ours(args.data, Path(f"/tmp/nanogpt_sbs/ours-speed-{r}"), args.speed_steps, validate=False,
+                        backbone=args.backbone)
         row = {"round": r, "nanogpt_tokens_per_s": tokens_per_s(nano["step_times"]),
                "ours_tokens_per_s": tokens_per_s(ours["step_times"]), "ours_first_step_s": ours["first_step_s"]}
         row["ratio"] = row["ours_tokens_per_s"] / row["nanogpt_tokens_per_s"]
         if args.compile:
             compiled = run_ours(args.data, Path(f"/tmp/nanogpt_sbs/ours-compiled-{r}"), args.speed_steps,
-                                validate=False, compile_blocks=True)
+                                validate=False, compile_blocks=True, backbone=args.backbone)
             row["compiled_tokens_per_s"] = tokens_per_s(compiled["step_times"])
             row["compiled_first_step_s"] = compiled["first_step_s"]
             row["compiled_ratio"] = row["compiled_tokens_per_s"] / row["nanogpt_tokens_per_s"]
@@ -232,16 +234,19 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time our run with compiled blocks (lit_llm.callbacks.Compile) in every round; "
                         "nanoGPT runs as its README runs it on CPU (--compile=False)")
+    p.add_argument("--backbone", action="append", default=[], metavar="KEY=VALUE",
+                   help="override our backbone's shape in every run of ours (e.g. n_layer=2: fewer FLOPs per "
+                        "token, for the same val loss at equal steps); repeatable; default the equal-size shape")
     args = p.parse_args()
     if args.worker:
         print(json.dumps(train_ours(args.data, args.worker, args.speed_steps, args.validate, args.compile,
-                                    args.eval_interval)))
+                                    args.eval_interval, tuple(args.backbone))))
         return
     if args.nanogpt is None:
         p.error("--nanogpt (a nanoGPT checkout) is required")
     result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "nanogpt_commit": args.nanogpt_commit,
-              "compile": args.compile,
+              "compile": args.compile, "backbone": args.backbone,
               "load_avg_start": os.getloadavg()}
     if args.model_only_rounds:
         result["model_only"] = model_only_rounds(args.nanogpt, args.model_only_rounds)
@@ -251,7 +256,7 @@ def main() -> None:
         result["loss"] = {"nanogpt": run_nanogpt(args.nanogpt, dataset, args.loss_steps, args.eval_interval,
                                                  args.eval_iters),
                           "ours": run_ours(args.data, Path("/tmp/nanogpt_sbs/ours-loss"), args.loss_steps, True,
-                                           args.compile, args.eval_interval)}
+                                           args.compile, args.eval_interval, args.backbone)}
         for name in ("nanogpt", "ours"):
             print(name, "val loss", result["loss"][name]["val_loss"])
     result["load_avg_end"] = os.getloadavg()

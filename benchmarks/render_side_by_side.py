@@ -131,6 +131,83 @@ def time_to_loss_lines(nano_loss: dict[int, float], ours_loss: dict[int, float],
     return [out + ", ".join(parts) + ". This is not the tokens/s at equal steps the speed table measures.", ""]
 
 
+def final_losses(result: dict) -> tuple[float, float]:
+    """nanoGPT's and our val loss at the last step of one benchmark JSON's loss runs."""
+    nano, ours = result["loss"]["nanogpt"]["val_loss"], result["loss"]["ours"]["val_loss"]
+    return nano[max(nano, key=int)], ours[max(ours, key=int)]
+
+
+def fewer_layers_section(results: list[dict], speed: dict, loss: dict, plot: str | None) -> list[str]:
+    """The issue's training goal in its own terms: tokens/s at equal or lower val loss at equal steps, with our
+    shape allowed to differ (fewer layers); one benchmark JSON (speed rounds + loss runs) per shape."""
+    lines = ["## Fewer layers: tokens/s at equal or lower val loss at equal steps", "",
+             "The same benchmark with our backbone given fewer layers (`--backbone n_layer=N`; width, heads, data, "
+             "batches, steps and schedule unchanged); each row is one run of it: its own speed rounds against "
+             "nanoGPT (A/B interleaved, median and quartiles of the rounds) and its own pair of 2000-step loss runs. "
+             "The first row is the equal-size model of the tables above.", "",
+             "| lit_llm layers | parameters | val loss at the last step, nanoGPT → lit_llm | lit_llm / nanoGPT "
+             "tokens/s | compiled / nanoGPT | load |", "|---:|---:|---|---:|---:|---|"]
+    rows = [(4, speed, loss)] + [(layers_of(r), r, r) for r in results]
+    for layers, sp, lo in rows:
+        nano, ours = final_losses(lo)
+        lines.append(f"| {layers} | {lo['loss']['ours']['params']:,} | {nano:.4f} → {ours:.4f} | "
+                     f"{quartile_text(sp['speed'], 'ratio')} | {quartile_text(sp['speed'], 'compiled_ratio')} | "
+                     f"{sp['load_avg_start'][0]:.2f}–{sp['load_avg_end'][0]:.2f} |")
+    compiled = [str(layers_of(r)) for r in results if r["compile"]]
+    if compiled:  # --compile also compiles the blocks of the loss run
+        lines += ["", f"The loss runs of {', '.join(compiled)} layer(s) compiled the blocks (the command's `--compile`); "
+                      f"the first row's loss run is eager."]
+    lines += ["", "Commands (one per row after the first):", ""] + [f"    python {r['command']}" for r in results]
+    if plot:
+        lines += ["", f"![val loss by step, and the last val loss against the speed ratio]({plot})"]
+    return lines + [""]
+
+
+def plot_fewer_layers(results: list[dict], loss: dict, path: str, speed: dict) -> None:
+    """Left: val loss by step, nanoGPT and each of our shapes. Right: each shape's last val loss against its
+    median speed ratio (eager filled, compiled hollow), with the goal's corner (≥ 1.2×, ≤ nanoGPT's loss) shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    nano_curve = {int(k): v for k, v in loss["loss"]["nanogpt"]["val_loss"].items() if int(k) > 0}
+    left.plot(sorted(nano_curve), [nano_curve[k] for k in sorted(nano_curve)], "k--", label="nanoGPT (4 layers)")
+    nano_final = final_losses(loss)[0]
+    right.axvspan(1.2, 10, ymax=1, color="tab:green", alpha=0.08)
+    right.axhline(nano_final, color="k", ls="--", lw=0.8)
+    right.plot([1.0], [nano_final], "ks", label="nanoGPT")
+    for (layers, sp, lo), color in zip([(4, speed, loss)] + [(layers_of(r), r, r) for r in results],
+                                       ("tab:blue", "tab:orange", "tab:red", "tab:purple")):
+        curve = {int(k) + 1: v for k, v in lo["loss"]["ours"]["val_loss"].items()}
+        left.plot(sorted(curve), [curve[k] for k in sorted(curve)], color=color, label=f"lit_llm {layers} layer{'s' * (layers > 1)}")
+        final = final_losses(lo)[1]
+        for key, fill in (("ratio", color), ("compiled_ratio", "none")):
+            right.plot([statistics.median(r[key] for r in sp["speed"])], [final], "o", color=color, mfc=fill)
+        right.annotate(f"{layers}L", (statistics.median(r["ratio"] for r in sp["speed"]), final),
+                       textcoords="offset points", xytext=(-14, 6))
+    left.set(xlabel="step", ylabel="val loss", title="Validation loss at equal steps")
+    right.set(xlabel="tokens/s ÷ nanoGPT's (median; hollow: compiled)", ylabel="val loss at the last step",
+              title="Speed and quality (shaded: the goal)")
+    right.set_xlim(0.5, max(statistics.median(r["compiled_ratio"] for r in x["speed"]) for x in results) + 0.3)
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def layers_of(result: dict) -> int:
+    given = dict(kv.split("=", 1) for kv in result.get("backbone", []))
+    return int(given.get("n_layer", 4))
+
+
+def quartile_text(rows: list[dict], key: str) -> str:
+    ratios = [r[key] for r in rows]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return f"**{statistics.median(ratios):.2f}×** ({q[0]:.2f}–{q[2]:.2f})"
+
+
 def generation_section(results: list[dict]) -> list[str]:
     """One table row per (thread count, batch size): one JSON file of the benchmark per thread count."""
     first = results[0]
@@ -240,6 +317,9 @@ def main() -> None:
     p.add_argument("--speed", required=True)
     p.add_argument("--model-only", required=True, help="JSON of a --model-only-rounds run")
     p.add_argument("--loss", required=True)
+    p.add_argument("--fewer-layers", nargs="*", default=[],
+                   help="JSON files of nanogpt_side_by_side.py --backbone n_layer=N runs with speed rounds and loss")
+    p.add_argument("--plot", default=None, help="with --fewer-layers: write their figure here (a PNG)")
     p.add_argument("--generation", nargs="+", required=True,
                    help="JSON files of benchmarks/generation_vs_transformers.py (one per thread count)")
     p.add_argument("--dpo", nargs="*", default=[],
@@ -255,6 +335,12 @@ def main() -> None:
     speed = load(args.speed)
     lines += speed_section(speed) + model_only_section(load(args.model_only))
     lines += loss_section(load(args.loss), speed)
+    if args.fewer_layers:
+        fewer = [load(path) for path in args.fewer_layers]
+        if args.plot:
+            plot_fewer_layers(fewer, load(args.loss), args.plot, speed)
+        plot = args.plot and os.path.relpath(args.plot, Path(args.out).parent)
+        lines += fewer_layers_section(fewer, speed, load(args.loss), plot)
     lines += generation_section([load(path) for path in args.generation])
     if args.dpo:
         lines += dpo_section([load(path) for path in args.dpo])
