@@ -9,6 +9,8 @@ import sys
 from importlib import import_module
 from typing import NamedTuple
 
+from lit_llm import store_warmup
+
 
 class Command(NamedTuple):
     """A `lit-llm` command: `module.function(argv)` runs it (`prefix` put in front of its arguments)."""
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         sys.exit(f"lit-llm: unknown command '{name}'.{hint} Commands: {', '.join(COMMANDS)}")
     command = COMMANDS[name]
+    if command.module == "lit_llm.cli":
+        store_warmup.start([*command.prefix, *rest])  # a new MLflow store, created while torch is imported
     getattr(import_module(command.module), command.function)([*command.prefix, *rest])
 
 

@@ -22,6 +22,9 @@ from urllib.parse import urlparse
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from lit_llm import store_warmup
+from lit_llm.store_warmup import DEFAULT_TRACKING_URI
+
 # MLflow retries a failed HTTP call 7 times with exponential backoff and a 120 s timeout: minutes per call, during
 # which training stands still. ResilientClient buffers and retries on its own, so a failing call may fail fast:
 # these apply (for http(s) servers) only where the user has not set them.
@@ -34,13 +37,13 @@ UNSENT_TABLES_DIR = "mlflow_unsent_tables"  # beside it: the data of each table 
 BUFFERED_CALLS = ("log_", "set_", "update_run", "delete_tag")
 METRIC_CALLS = ("log_batch", "log_metric")
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
 log = logging.getLogger(__name__)
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The explicit URI, else `MLFLOW_TRACKING_URI`, else the embedded sqlite store."""
+    """The explicit URI, else `MLFLOW_TRACKING_URI`, else the embedded sqlite store; once a store being created in
+    the background (`store_warmup`) is there, so that no two processes create one at once."""
+    store_warmup.wait()
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
