@@ -263,10 +263,20 @@ def startup_section(result: dict) -> list[str]:
     lines = ["## Start-up: the CLI to its help, and `lit-llm fit` to the end of its first step", "",
              f"    {result['command']}", "",
              f"Fresh processes (imports, config, MLflow run, data, model, DPO's reference precompute, the sanity "
-             f"validation); median of {len(result['rows'][0]['seconds'])}; {load_line(result)}.", "",
-             "| command | median | all |", "|---|---:|---|"]
+             f"validation); median of {len(result['rows'][0]['seconds'])}; {load_line(result)}.", ""]
+    if result.get("baseline"):
+        lines += [f"Each case alternates with commit `{result['baseline'][:12]}` (its checkout first on PYTHONPATH), "
+                  f"round by round; the speed-up is the median of the rounds' baseline ÷ this commit.", "",
+                  "| command | median | all | baseline median | baseline all | speed-up |",
+                  "|---|---:|---|---:|---|---:|"]
+    else:
+        lines += ["| command | median | all |", "|---|---:|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['case']} | {r['median_s']:.2f} s | {', '.join(f'{t:.2f}' for t in r['seconds'])} |")
+        line = f"| {r['case']} | {r['median_s']:.2f} s | {', '.join(f'{t:.2f}' for t in r['seconds'])} |"
+        if result.get("baseline"):
+            line += (f" {r['baseline_median_s']:.2f} s | {', '.join(f'{t:.2f}' for t in r['baseline_seconds'])} | "
+                     f"{r['speedup']:.2f}× |")
+        lines.append(line)
     return lines + [""]
 
 

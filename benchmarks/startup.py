@@ -8,7 +8,11 @@ reference precompute, the sanity validation: everything a user waits for). The f
 PYTHONPATH); the time counts from just before the process starts. SFT and DPO start from the pipeline's SFT
 checkpoint, DPO trains on its on-policy pairs. Each fit is timed twice: MLflow writing to a fresh sqlite file (a
 folder's first run: MLflow creates its tables and runs its schema migrations) and to a store created before the
-rounds (every later run in that folder).
+rounds (every later run in that folder). With `--baseline`, another commit's checkout is timed in alternation with
+this one, case by case, so a start-up change is measured against its parent on the same machine at the same time:
+
+    git worktree add /tmp/base HEAD~1
+    python benchmarks/startup.py --pipeline-root runs/pipeline-tiny --baseline /tmp/base --baseline-commit ...
 """
 
 from __future__ import annotations
@@ -51,14 +55,17 @@ def fit_args(stage: str, root: Path, work: str) -> list[str]:
     return args
 
 
-def timed(args_in: Callable[[str], list[str]], first_step: bool, store: str | None = None) -> float:
+def timed(args_in: Callable[[str], list[str]], first_step: bool, store: str | None = None,
+          source: str | None = None) -> float:
     """Seconds from launching `lit-llm ARGS` (ARGS given the run's fresh work folder) to its exit (--help) or to the
-    end of its first training step; MLflow writes to `store` (default: a fresh sqlite file in the work folder)."""
+    end of its first training step; MLflow writes to `store` (default: a fresh sqlite file in the work folder);
+    `source`: another checkout whose lit_llm runs instead of the installed one."""
     with tempfile.TemporaryDirectory() as work:
         marker = Path(work) / "first_step"
+        paths = [source] if source else []
         env = {**os.environ, "FIRST_STEP_FILE": str(marker),
                "MLFLOW_TRACKING_URI": store or f"sqlite:///{work}/mlflow.db",
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+               "PYTHONPATH": os.pathsep.join([*paths, str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
         start = time.time()
         subprocess.run([sys.executable, "-m", "lit_llm", *args_in(work)], env=env, cwd=work, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -71,6 +78,10 @@ def main() -> None:
     p.add_argument("--pipeline-root", type=Path, required=True, help="a tiny pipeline's root (runs/pipeline-tiny)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="startup.json")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="a checkout of another commit, timed in alternation with this one (its lit_llm first on "
+                        "PYTHONPATH); each row then also has its times and the median of per-round ratios")
+    p.add_argument("--baseline-commit", default="", help="the baseline's commit, recorded in the JSON")
     args = p.parse_args()
     root = args.pipeline_root.resolve()
     existing = tempfile.TemporaryDirectory()
@@ -83,11 +94,24 @@ def main() -> None:
         name = f"lit-llm fit {stage} tiny, to the end of step 1"
         cases[f"{name}, new MLflow store"] = (partial(fit_args, stage, root), True, None)
         cases[f"{name}, existing MLflow store"] = (partial(fit_args, stage, root), True, store)
-    result = {"command": "python " + " ".join(sys.argv), "load_avg_start": os.getloadavg(), "rows": []}
+    result = {"command": "python " + " ".join(sys.argv), "load_avg_start": os.getloadavg(), "rows": [],
+              "baseline": args.baseline_commit if args.baseline else None}
     for name, (cli_args, first_step, tracking) in cases.items():
-        times = [timed(cli_args, first_step, tracking) for _ in range(args.rounds)]
-        result["rows"].append({"case": name, "seconds": times, "median_s": statistics.median(times)})
-        print(f"{name}: median {statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})", flush=True)
+        row = {"case": name, "seconds": []}
+        if args.baseline:
+            row["baseline_seconds"] = []
+        for r in range(args.rounds):  # with a baseline, the two alternate which goes first
+            sides = [("seconds", None), ("baseline_seconds", str(args.baseline))][:1 + bool(args.baseline)]
+            for key, source in sides[::-1] if r % 2 else sides:
+                row[key].append(timed(cli_args, first_step, tracking, source))
+        row["median_s"] = statistics.median(row["seconds"])
+        if args.baseline:
+            row["baseline_median_s"] = statistics.median(row["baseline_seconds"])
+            row["speedup"] = statistics.median(b / a for a, b in zip(row["seconds"], row["baseline_seconds"]))
+        result["rows"].append(row)
+        print(f"{name}: median {row['median_s']:.2f} s ({', '.join(f'{t:.2f}' for t in row['seconds'])})"
+              + (f", baseline {row['baseline_median_s']:.2f} s, speed-up {row['speedup']:.2f}x" if args.baseline
+                 else ""), flush=True)
     result["load_avg_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
