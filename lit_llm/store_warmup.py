@@ -42,9 +42,10 @@ def config_texts(argv: list[str]) -> list[str]:
     return texts
 
 
-def names_another_store(arg: str) -> bool:
-    """A command-line argument that sets the tracking URI or replaces the logger."""
-    return "tracking_uri" in arg or re.match(r"--trainer\.logger(\+?=|$)", arg) is not None
+def rules_out_the_store(arg: str) -> bool:
+    """A command-line argument that sets the tracking URI or replaces the logger, or asks for no run at all."""
+    return ("tracking_uri" in arg or re.match(r"--trainer\.logger(\+?=|$)", arg) is not None
+            or arg in ("-h", "--help") or arg.startswith("--print_config"))
 
 
 def usable_cores() -> int:
@@ -53,7 +54,7 @@ def usable_cores() -> int:
 
 def store_to_warm(argv: list[str], environ: dict[str, str]) -> str | None:
     """The sqlite URI a `fit` with these arguments would create, when a child may safely create it first."""
-    if usable_cores() < 2 or not argv or argv[0] != "fit" or any(map(names_another_store, argv[1:])):
+    if usable_cores() < 2 or not argv or argv[0] != "fit" or any(map(rules_out_the_store, argv[1:])):
         return None
     if "mlflow" in sys.modules or "lightning" in sys.modules:  # nothing left to overlap (in-process callers)
         return None

@@ -39,6 +39,7 @@ def test_only_a_new_default_store_of_an_mlflow_fit_is_warmed(tmp_path: Path) -> 
     for argv, env in [(["validate", "--config", "mlflow.yaml"], None),  # not fit
                       (["fit", "--config", "elsewhere.yaml"], None),  # the config names its store
                       (fit + ["--trainer.logger=false"], None),  # another logger
+                      (fit + ["--help"], None), (fit + ["--print_config"], None),  # no run
                       (fit + ["--trainer.logger.init_args.tracking_uri=sqlite:///b.db"], None),
                       (fit, {"MLFLOW_TRACKING_URI": "http://localhost:5000"}),  # a server
                       (fit, {"MLFLOW_TRACKING_URI": "sqlite:///no/such/folder/m.db"}),
