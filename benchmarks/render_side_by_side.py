@@ -147,8 +147,7 @@ def fewer_layers_section(results: list[dict], speed: dict, loss: dict, plot: str
              "The first row is the equal-size model of the tables above.", "",
              "| lit_llm layers | parameters | val loss at the last step, nanoGPT → lit_llm | lit_llm / nanoGPT "
              "tokens/s | compiled / nanoGPT | load |", "|---:|---:|---|---:|---:|---|"]
-    rows = [(4, speed, loss)] + [(layers_of(r), r, r) for r in results]
-    for layers, sp, lo in rows:
+    for layers, sp, lo in shape_rows(results, speed, loss):
         nano, ours = final_losses(lo)
         lines.append(f"| {layers} | {lo['loss']['ours']['params']:,} | {nano:.4f} → {ours:.4f} | "
                      f"{quartile_text(sp['speed'], 'ratio')} | {quartile_text(sp['speed'], 'compiled_ratio')} | "
@@ -163,7 +162,7 @@ def fewer_layers_section(results: list[dict], speed: dict, loss: dict, plot: str
     return lines + [""]
 
 
-def plot_fewer_layers(results: list[dict], loss: dict, path: str, speed: dict) -> None:
+def plot_fewer_layers(results: list[dict], speed: dict, loss: dict, path: str) -> None:
     """Left: val loss by step, nanoGPT and each of our shapes. Right: each shape's last val loss against its
     median speed ratio (eager filled, compiled hollow), with the goal's corner (≥ 1.2×, ≤ nanoGPT's loss) shaded."""
     import matplotlib
@@ -178,7 +177,7 @@ def plot_fewer_layers(results: list[dict], loss: dict, path: str, speed: dict) -
     right.axvspan(1.2, 10, ymax=1, color="tab:green", alpha=0.08)
     right.axhline(nano_final, color="k", ls="--", lw=0.8)
     right.plot([1.0], [nano_final], "ks", label="nanoGPT")
-    for (layers, sp, lo), color in zip([(4, speed, loss)] + [(layers_of(r), r, r) for r in results],
+    for (layers, sp, lo), color in zip(shape_rows(results, speed, loss),
                                        ("tab:blue", "tab:orange", "tab:red", "tab:purple")):
         curve = {int(k) + 1: v for k, v in lo["loss"]["ours"]["val_loss"].items()}
         left.plot(sorted(curve), [curve[k] for k in sorted(curve)], color=color, label=f"lit_llm {layers} layer{'s' * (layers > 1)}")
@@ -195,6 +194,11 @@ def plot_fewer_layers(results: list[dict], loss: dict, path: str, speed: dict) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def shape_rows(results: list[dict], speed: dict, loss: dict) -> list[tuple[int, dict, dict]]:
+    """(layers, its speed JSON, its loss JSON): the equal-size tables first, then each fewer-layers run."""
+    return [(layers_of(speed), speed, loss)] + [(layers_of(r), r, r) for r in results]
 
 
 def layers_of(result: dict) -> int:
@@ -342,15 +346,15 @@ def main() -> None:
     lines = ["# Side by side with peers, on the same machine", "",
              "Written by `benchmarks/render_side_by_side.py` from the benchmarks' JSON output; the commands are "
              f"below each table. Machine: {cpu_model()}, {os.cpu_count()} cores (virtual machine), CPU only.", ""]
-    speed = load(args.speed)
+    speed, loss = load(args.speed), load(args.loss)
     lines += speed_section(speed) + model_only_section(load(args.model_only))
-    lines += loss_section(load(args.loss), speed)
+    lines += loss_section(loss, speed)
     if args.fewer_layers:
         fewer = [load(path) for path in args.fewer_layers]
         if args.plot:
-            plot_fewer_layers(fewer, load(args.loss), args.plot, speed)
+            plot_fewer_layers(fewer, speed, loss, args.plot)
         plot = args.plot and os.path.relpath(args.plot, Path(args.out).parent)
-        lines += fewer_layers_section(fewer, speed, load(args.loss), plot)
+        lines += fewer_layers_section(fewer, speed, loss, plot)
     lines += generation_section([load(path) for path in args.generation])
     if args.dpo:
         lines += dpo_section([load(path) for path in args.dpo])

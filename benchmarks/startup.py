@@ -96,12 +96,10 @@ def main() -> None:
         cases[f"{name}, existing MLflow store"] = (partial(fit_args, stage, root), True, store)
     result = {"command": "python " + " ".join(sys.argv), "load_avg_start": os.getloadavg(), "rows": [],
               "baseline": args.baseline_commit if args.baseline else None}
+    sides = [("seconds", None)] + ([("baseline_seconds", str(args.baseline))] if args.baseline else [])
     for name, (cli_args, first_step, tracking) in cases.items():
-        row = {"case": name, "seconds": []}
-        if args.baseline:
-            row["baseline_seconds"] = []
+        row = {"case": name, **{key: [] for key, _ in sides}}
         for r in range(args.rounds):  # with a baseline, the two alternate which goes first
-            sides = [("seconds", None), ("baseline_seconds", str(args.baseline))][:1 + bool(args.baseline)]
             for key, source in sides[::-1] if r % 2 else sides:
                 row[key].append(timed(cli_args, first_step, tracking, source))
         row["median_s"] = statistics.median(row["seconds"])

@@ -56,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         sys.exit(f"lit-llm: unknown command '{name}'.{hint} Commands: {', '.join(COMMANDS)}")
-    command = COMMANDS[name]
+    command, args = COMMANDS[name], [*COMMANDS[name].prefix, *rest]
     if command.module == "lit_llm.cli":
-        store_warmup.start([*command.prefix, *rest])  # a new MLflow store, created while torch is imported
-    getattr(import_module(command.module), command.function)([*command.prefix, *rest])
+        store_warmup.start(args)  # a new MLflow store, created while torch is imported
+    getattr(import_module(command.module), command.function)(args)
 
 
 if __name__ == "__main__":

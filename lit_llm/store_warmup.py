@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -19,6 +20,11 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CREATE_STORE = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments(max_results=1)"
 
 _child: subprocess.Popen | None = None
+
+
+def env_tracking_uri(environ: Mapping[str, str]) -> str:
+    """Where runs go without an explicit URI: `MLFLOW_TRACKING_URI`, else the embedded sqlite store."""
+    return environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def new_sqlite_store(uri: str) -> Path | None:
@@ -52,7 +58,7 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def store_to_warm(argv: list[str], environ: dict[str, str]) -> str | None:
+def store_to_warm(argv: list[str], environ: Mapping[str, str]) -> str | None:
     """The sqlite URI a `fit` with these arguments would create, when a child may safely create it first."""
     if usable_cores() < 2 or not argv or argv[0] != "fit" or any(map(rules_out_the_store, argv[1:])):
         return None
@@ -61,14 +67,14 @@ def store_to_warm(argv: list[str], environ: dict[str, str]) -> str | None:
     texts = config_texts(argv)
     if not any("MLflowLogger" in t for t in texts) or any(re.search(r"tracking_uri\s*:", t) for t in texts):
         return None
-    uri = environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = env_tracking_uri(environ)
     return uri if new_sqlite_store(uri) else None
 
 
 def start(argv: list[str]) -> None:
     """Create the run's new sqlite store in a child process, when `store_to_warm` finds one."""
     global _child
-    uri = store_to_warm(argv, dict(os.environ))
+    uri = store_to_warm(argv, os.environ)
     if uri:
         _child = subprocess.Popen([sys.executable, "-c", CREATE_STORE, uri], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
