@@ -9,7 +9,7 @@ import sys
 from importlib import import_module
 from typing import NamedTuple
 
-from lit_llm import store_warmup
+from lit_llm import lean_imports, store_warmup
 
 
 class Command(NamedTuple):
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     command, args = COMMANDS[name], [*COMMANDS[name].prefix, *rest]
     if command.module == "lit_llm.cli":
         store_warmup.start(args)  # a new MLflow store, created while torch is imported
+    lean_imports.hide_from_torchmetrics()  # Lightning's torchmetrics import, without packages lit_llm never uses
     getattr(import_module(command.module), command.function)(args)
 
 

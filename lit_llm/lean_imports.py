@@ -1,0 +1,72 @@
+"""Lightning imports torchmetrics, and `import torchmetrics` imports every optional package it finds installed:
+scipy.signal (audio metrics), transformers' AutoModel (BERTScore, InfoLM, CLIPScore) and matplotlib.pyplot
+(`Metric.plot`). lit_llm uses torchmetrics' aggregation metrics only, and the three cost about half of
+`import lightning.pytorch`: seconds of every `lit-llm` start (benchmarks/startup.py measures it).
+
+`hide_from_torchmetrics` makes torchmetrics see them as not installed while it imports, through the two checks it
+asks (`lightning_utilities`' `package_available` and `RequirementCache`); its metrics that need them then say the
+package is missing. Nothing else changes: lit_llm and every other library still import them as usual. The
+`lit-llm` command calls it before the command's module imports Lightning; `import lit_llm` does not.
+"""
+
+import importlib.abc
+import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+
+UNUSED_EXTRAS = frozenset({"scipy", "transformers", "matplotlib"})
+
+
+@contextmanager
+def hidden_packages(names: frozenset[str]) -> Iterator[None]:
+    """While inside, `lightning_utilities` reports the packages `names` as not installed."""
+    from lightning_utilities.core import imports
+    from packaging.requirements import Requirement
+
+    package_available, check_requirement = imports.package_available, imports.RequirementCache._check_requirement
+
+    def available(name: str) -> bool:
+        return name not in names and package_available(name)
+
+    def check(cache: imports.RequirementCache) -> None:
+        if Requirement(cache.requirement).name not in names:
+            return check_requirement(cache)
+        cache.available, cache.message = False, f"{cache.requirement!r}: not imported in a lit-llm process"
+
+    imports.package_available, imports.RequirementCache._check_requirement = available, check
+    try:
+        yield
+    finally:
+        imports.package_available, imports.RequirementCache._check_requirement = package_available, check_requirement
+
+
+class _TorchmetricsFinder(importlib.abc.MetaPathFinder):
+    """Finds `torchmetrics` as usual, and runs its package import inside `hidden_packages`; then steps aside."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if name != "torchmetrics":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_hidden(module: ModuleType) -> None:
+            with hidden_packages(self.names):
+                exec_module(module)
+
+        spec.loader.exec_module = exec_hidden  # type: ignore[method-assign]
+        return spec
+
+
+def hide_from_torchmetrics(names: frozenset[str] = UNUSED_EXTRAS) -> None:
+    """Have torchmetrics, when it is imported, see `names` as not installed (nothing if it is already imported)."""
+    if "torchmetrics" not in sys.modules and not any(isinstance(f, _TorchmetricsFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchmetricsFinder(names))
