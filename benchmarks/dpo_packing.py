@@ -39,6 +39,7 @@ from lit_llm.losses import IGNORE_INDEX
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.shared_prefix import shared_prefix_target_logprobs
 from lit_llm.stages.dpo import DPOModule
+from lit_llm.tracking import cpu_model
 
 sys.path.insert(0, os.path.dirname(__file__))
 from dpo_vs_trl import setup  # noqa: E402
@@ -150,7 +151,7 @@ def main() -> None:
     cases += [("skipping the padding (A: padded, B: skipped)", skipping_padding, *case) for case in dpo]
     cases += [("skipping the padding (A: padded, B: skipped), two passes", both_passes_skipping, *case)
               for case in longer]
-    result = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+    result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "torch": torch.__version__,
               "load_avg_start": os.getloadavg(), "packed_max_tokens": PACKED_DEFAULT, "rows": []}
     for lever_name, lever, name, threads, make in cases:
         torch.set_num_threads(threads)

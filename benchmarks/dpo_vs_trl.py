@@ -362,7 +362,10 @@ def main() -> None:
         print((args.work / "profiled" / "profile.txt").read_text())
         print(f"profiled run: {run['pairs_per_s']:.1f} pairs/s (slowed by the profilers)")
         return
+    from lit_llm.tracking import cpu_model
+
     result: dict[str, Any] = {"command": " ".join([sys.executable, *sys.argv]), "machine": platform.machine(),
+                              "cpu": cpu_model(),
                               "cpus": os.cpu_count(), "threads": args.threads, "precompute": args.precompute,
                               "steps": args.steps, "batch_pairs": BATCH, "warmup_steps": WARMUP_STEPS,
                               "work": str(args.work), "rounds": []}

@@ -48,6 +48,7 @@ from lit_llm.bench.settings import PRESETS
 from lit_llm.generation import generate
 from lit_llm.model import ModelConfig, Transformer
 from lit_llm.rope import apply_rope
+from lit_llm.tracking import cpu_model
 
 sys.path.insert(0, os.path.dirname(__file__))
 from nanogpt_side_by_side import D_FF, SHAPE, model_step_seconds, nanogpt_model  # noqa: E402
@@ -328,7 +329,7 @@ def main() -> None:
     p.add_argument("--out", default="levers.json")
     p.add_argument("--nanogpt", help="a nanoGPT checkout: adds the table of our speed against its model's")
     args = p.parse_args()
-    result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+    result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
               "torch": torch.__version__, "load_avg_start": os.getloadavg()}
     rows = measure(training_levers(), args.rounds)
     result["architecture"] = measure(architecture_rows(), args.rounds)

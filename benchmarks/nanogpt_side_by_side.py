@@ -41,6 +41,7 @@ from mlflow import MlflowClient
 
 from lit_llm.cli import LitLLMCLI
 from lit_llm.data.text import TextDataModule
+from lit_llm.tracking import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "pretrain" / "shakespeare.yaml"
@@ -244,7 +245,7 @@ def main() -> None:
         return
     if args.nanogpt is None:
         p.error("--nanogpt (a nanoGPT checkout) is required")
-    result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+    result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "nanogpt_commit": args.nanogpt_commit,
               "compile": args.compile, "backbone": args.backbone,
               "load_avg_start": os.getloadavg()}

@@ -16,12 +16,16 @@ import statistics
 from pathlib import Path
 
 
-def cpu_model() -> str:
-    """The CPU's model name (rendered on the machine that ran the benchmarks)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+def cpu_of(result: dict) -> str:
+    """The CPU a benchmark's JSON was measured on (its `cpu`, written by the benchmark)."""
+    return result.get("cpu", "an unrecorded CPU")
+
+
+def elsewhere(results: list[dict], cpu: str) -> list[str]:
+    """A line under a section measured on another CPU than the report's."""
+    others = sorted({cpu_of(result) for result in results} - {cpu})
+    return [f"Measured on {' and '.join(others)}, not on the {cpu} of the report's other tables: compare its rows "
+            "with each other, not with theirs.", ""] if others else []
 
 
 def load(path: str) -> dict:
@@ -343,25 +347,30 @@ def main() -> None:
     p.add_argument("--notes", default=None, help="a markdown file appended as the report's discussion")
     p.add_argument("--out", default="reports/side_by_side.md")
     args = p.parse_args()
+    speed, loss = load(args.speed), load(args.loss)
+    cpu = cpu_of(speed)
     lines = ["# Side by side with peers, on the same machine", "",
              "Written by `benchmarks/render_side_by_side.py` from the benchmarks' JSON output; the commands are "
-             f"below each table. Machine: {cpu_model()}, {os.cpu_count()} cores (virtual machine), CPU only.", ""]
-    speed, loss = load(args.speed), load(args.loss)
-    lines += speed_section(speed) + model_only_section(load(args.model_only))
-    lines += loss_section(loss, speed)
+             f"below each table. Machine: {cpu}, {os.cpu_count()} cores (virtual machine), CPU only; a table "
+             "measured on another machine says so.", ""]
+    model_only = load(args.model_only)
+    lines += speed_section(speed) + model_only_section(model_only) + elsewhere([model_only], cpu)
+    lines += loss_section(loss, speed) + elsewhere([loss], cpu)
     if args.fewer_layers:
         fewer = [load(path) for path in args.fewer_layers]
         if args.plot:
             plot_fewer_layers(fewer, speed, loss, args.plot)
         plot = args.plot and os.path.relpath(args.plot, Path(args.out).parent)
-        lines += fewer_layers_section(fewer, speed, loss, plot)
-    lines += generation_section([load(path) for path in args.generation])
+        lines += fewer_layers_section(fewer, speed, loss, plot) + elsewhere(fewer, cpu)
+    generation = [load(path) for path in args.generation]
+    lines += generation_section(generation) + elsewhere(generation, cpu)
     if args.dpo:
-        lines += dpo_section([load(path) for path in args.dpo])
-    if args.startup:
-        lines += startup_section(load(args.startup))
-    if args.levers:
-        lines += levers_section(load(args.levers))
+        dpo = [load(path) for path in args.dpo]
+        lines += dpo_section(dpo) + elsewhere(dpo, cpu)
+    for path, section in [(args.startup, startup_section), (args.levers, levers_section)]:
+        if path:
+            result = load(path)
+            lines += section(result) + elsewhere([result], cpu)
     if args.notes:
         lines += [Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines))

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from lit_llm.tracking import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -94,7 +96,7 @@ def main() -> None:
         name = f"lit-llm fit {stage} tiny, to the end of step 1"
         cases[f"{name}, new MLflow store"] = (partial(fit_args, stage, root), True, None)
         cases[f"{name}, existing MLflow store"] = (partial(fit_args, stage, root), True, store)
-    result = {"command": "python " + " ".join(sys.argv), "load_avg_start": os.getloadavg(), "rows": [],
+    result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "load_avg_start": os.getloadavg(), "rows": [],
               "baseline": args.baseline_commit if args.baseline else None}
     sides = [("seconds", None)] + ([("baseline_seconds", str(args.baseline))] if args.baseline else [])
     for name, (cli_args, first_step, tracking) in cases.items():

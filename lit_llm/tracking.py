@@ -315,7 +315,8 @@ def get_or_create_experiment(client: Any, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -332,7 +333,7 @@ def hardware() -> dict[str, str]:
     Wall times mean little without it, and the load average says whether the machine was shared.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": _cpu_model(), "cpu_cores": str(cores), "torch_threads": str(torch.get_num_threads()),
+    info = {"cpu": cpu_model(), "cpu_cores": str(cores), "torch_threads": str(torch.get_num_threads()),
             "os": platform.platform()}
     try:
         info["memory_gb"] = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f}"
