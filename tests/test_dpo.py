@@ -17,7 +17,7 @@ from lit_llm.commands import main
 from lit_llm.data.preference import PreferenceDataModule
 from lit_llm.losses import cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss, rpo_nll_loss
 from lit_llm.shared_prefix import shared_prefix_target_logprobs
-from lit_llm.stages.dpo import DPOModule
+from lit_llm.stages.dpo import DPOModule, batch_keys, no_grad_context
 from tests.conftest import REPO
 
 DPO_TINY = str(REPO / "configs" / "dpo" / "tiny.yaml")
@@ -138,6 +138,22 @@ def test_precomputed_reference_logprobs_give_the_per_step_losses(tiny_pretrain: 
     cached = fit_losses(ckpt(tiny_pretrain), True, "ipo", tmp_path)
     assert len(per_step) == 4 and len(set(per_step)) > 1  # the policy moved, so the reference matters
     assert cached == pytest.approx(per_step, abs=1e-4)
+
+
+def test_the_precompute_runs_in_inference_mode_with_the_values_of_no_grad(tiny_pretrain: Path) -> None:
+    module = DPOModule(ckpt(tiny_pretrain))
+    data = PreferenceDataModule(num_pairs=12, num_ranked=4, num_val_pairs=4, num_val_ranked=0, max_length=64,
+                                batch_size=4, tokenizer_from=ckpt(tiny_pretrain))
+    data.setup("fit")
+    batches = list(data.train_dataloader())
+    with torch.no_grad(), module.reference_model() as reference:
+        expected = {k: v for batch in batches
+                    for k, v in zip(batch_keys(batch), module.sequence_logprobs(reference, batch).tolist())}
+    assert isinstance(no_grad_context(), torch.inference_mode)  # no process group here
+    modes, score = [], module.sequence_logprobs
+    module.sequence_logprobs = lambda *args: modes.append(torch.is_inference_mode_enabled()) or score(*args)
+    assert module.precompute([batches]) == expected  # bit for bit
+    assert modes == [True] * len(batches)
 
 
 # ------------------------------------------------------------------------------------------ end to end

