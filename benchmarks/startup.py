@@ -31,8 +31,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from lit_llm.tracking import cpu_model
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,6 +87,8 @@ def main() -> None:
     existing = tempfile.TemporaryDirectory()
     store = f"sqlite:///{existing.name}/mlflow.db"
     from mlflow import MlflowClient
+
+    from lit_llm.tracking import cpu_model  # here: the runs import this file (FirstStep) with a baseline's lit_llm
 
     MlflowClient(store).search_experiments()  # creates the tables
     cases = {"lit-llm --help": (lambda work: ["--help"], False, None)}
