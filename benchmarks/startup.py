@@ -96,8 +96,8 @@ def main() -> None:
         name = f"lit-llm fit {stage} tiny, to the end of step 1"
         cases[f"{name}, new MLflow store"] = (partial(fit_args, stage, root), True, None)
         cases[f"{name}, existing MLflow store"] = (partial(fit_args, stage, root), True, store)
-    result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "load_avg_start": os.getloadavg(), "rows": [],
-              "baseline": args.baseline_commit if args.baseline else None}
+    result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "load_avg_start": os.getloadavg(),
+              "rows": [], "baseline": args.baseline_commit if args.baseline else None}
     sides = [("seconds", None)] + ([("baseline_seconds", str(args.baseline))] if args.baseline else [])
     for name, (cli_args, first_step, tracking) in cases.items():
         row = {"case": name, **{key: [] for key, _ in sides}}
