@@ -152,8 +152,9 @@ def test_skip_padding_gives_the_same_hidden_states_and_gradients(layout):
 
     (padded, grads), (skipped, skipped_grads) = run(False), run(True)
     torch.testing.assert_close(skipped, padded, atol=ATOL, rtol=0)
-    for g_skip, g_ref in zip(skipped_grads, grads):
-        torch.testing.assert_close(g_skip, g_ref)
+    for g_skip, g_ref in zip(skipped_grads, grads):  # float32 rounding at the scale of each gradient (up to ~90
+        # here: the loss sums squared states), which differs by CPU (5e-5 at most on an AMD EPYC, 6e-7 relative)
+        torch.testing.assert_close(g_skip, g_ref, atol=1e-5 * float(g_ref.abs().max()), rtol=1e-5)
     with pytest.raises(ValueError, match="skip_padding needs the attention_mask"):
         model.hidden_states(x, skip_padding=True)
 
