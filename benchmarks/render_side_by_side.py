@@ -245,25 +245,27 @@ def dpo_section(results: list[dict]) -> list[str]:
     first = results[0]
     trl = first["versions"]["trl_env"]
     lines = ["## DPO: lit_llm's DPOModule vs TRL's DPOTrainer (same model, same tokens, alternating processes)", ""]
-    lines += [f"    python {r['command'].split(' ', 1)[1]}" for r in results]  # the command without the python path
+    lines += [f"    python {r['command'].split(' ', 1)[1]}   # on {cpu_of(r)}" for r in results]  # without python's path
     lines += ["", f"A random tiny Llama (the `tiny` preset) exported by `lit-llm export`'s code, the same 2,000 task-world "
               f"pairs in file order, batch 16 pairs, max length 128, β 0.1, float32, constant LR, the same AdamW, "
               f"clipping 1.0; TRL {trl['trl']} with transformers {trl['transformers']} in its own environment "
               f"(torch {trl['torch']}); the threads column is torch's threads in each process; the first batch's "
               f"tokens and a digest of all pairs are asserted equal, the first loss is ln 2 on both sides, and the "
               f"losses agree at every step (largest difference in the column).", "",
-              "| reference log-probs | threads | rounds | TRL pairs/s | lit_llm pairs/s | lit_llm ÷ TRL (median of "
-              "rounds) | reference precompute TRL / lit_llm | max loss difference | load |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| CPU | reference log-probs | threads | rounds | TRL pairs/s | lit_llm pairs/s | lit_llm ÷ TRL (median "
+              "of rounds; their range) | reference precompute TRL / lit_llm | max loss difference | load |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         pre = r.get("median_precompute_s")
         rounds = r["rounds"]
         load = f"{min(x['trl_load_start'] for x in rounds):.2f}–{max(x['ours_load_end'] for x in rounds):.2f}"
         pre_text = f"{pre['trl']:.1f} s / {pre['ours']:.1f} s" if pre else "–"
         mode = "precomputed" if r["precompute"] else "forward every step"
-        lines.append(f"| {mode} | {r['threads']} | {len(rounds)} | "
+        ratios = [x["ratio"] for x in rounds]
+        lines.append(f"| {cpu_of(r)} | {mode} | {r['threads']} | {len(rounds)} | "
                      f"{r['median_pairs_per_s']['trl']:.1f} | {r['median_pairs_per_s']['ours']:.1f} | "
-                     f"{r['median_ratio']:.2f}x | {pre_text} | {r['max_abs_loss_diff']:.1e} | {load} |")
+                     f"{r['median_ratio']:.2f}x ({min(ratios):.2f}–{max(ratios):.2f}) | {pre_text} | "
+                     f"{r['max_abs_loss_diff']:.1e} | {load} |")
     return lines + [""]
 
 
@@ -366,7 +368,7 @@ def main() -> None:
     lines += generation_section(generation) + elsewhere(generation, cpu)
     if args.dpo:
         dpo = [load(path) for path in args.dpo]
-        lines += dpo_section(dpo) + elsewhere(dpo, cpu)
+        lines += dpo_section(dpo)  # a CPU column
     for path, section in [(args.startup, startup_section), (args.levers, levers_section)]:
         if path:
             result = load(path)
