@@ -74,7 +74,8 @@ def main() -> None:
         export_hf(model, None, folder)
         hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="sdpa").eval()
     model, hf = model.to(args.device), hf.to(args.device)
-    result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
+    result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+              "cpu": cpu_model(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "params": model.num_params(),
               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "transformers": transformers.__version__, "load_avg_start": os.getloadavg(), "rows": []}

@@ -329,7 +329,8 @@ def main() -> None:
     p.add_argument("--out", default="levers.json")
     p.add_argument("--nanogpt", help="a nanoGPT checkout: adds the table of our speed against its model's")
     args = p.parse_args()
-    result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
+    result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+              "cpu": cpu_model(),
               "torch": torch.__version__, "load_avg_start": os.getloadavg()}
     rows = measure(training_levers(), args.rounds)
     result["architecture"] = measure(architecture_rows(), args.rounds)

@@ -245,7 +245,8 @@ def main() -> None:
         return
     if args.nanogpt is None:
         p.error("--nanogpt (a nanoGPT checkout) is required")
-    result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
+    result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+              "cpu": cpu_model(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "nanogpt_commit": args.nanogpt_commit,
               "compile": args.compile, "backbone": args.backbone,
               "load_avg_start": os.getloadavg()}

@@ -158,8 +158,8 @@ def fewer_layers_section(results: list[dict], speed: dict, loss: dict, plot: str
                      f"{sp['load_avg_start'][0]:.2f}–{sp['load_avg_end'][0]:.2f} |")
     compiled = [str(layers_of(r)) for r in results if r["compile"]]
     if compiled:  # --compile also compiles the blocks of the loss run
-        lines += ["", f"The loss runs of {', '.join(compiled)} layer(s) compiled the blocks (the command's `--compile`); "
-                      f"the first row's loss run is eager."]
+        lines += ["", f"The loss runs of {', '.join(compiled)} layer(s) compiled the blocks (the command's "
+                      "`--compile`); the first row's loss run is eager."]
     lines += ["", "Commands (one per row after the first):", ""] + [f"    python {r['command']}" for r in results]
     if plot:
         lines += ["", f"![val loss by step, and the last val loss against the speed ratio]({plot})"]
@@ -184,7 +184,8 @@ def plot_fewer_layers(results: list[dict], speed: dict, loss: dict, path: str) -
     for (layers, sp, lo), color in zip(shape_rows(results, speed, loss),
                                        ("tab:blue", "tab:orange", "tab:red", "tab:purple")):
         curve = {int(k) + 1: v for k, v in lo["loss"]["ours"]["val_loss"].items()}
-        left.plot(sorted(curve), [curve[k] for k in sorted(curve)], color=color, label=f"lit_llm {layers} layer{'s' * (layers > 1)}")
+        left.plot(sorted(curve), [curve[k] for k in sorted(curve)], color=color,
+                  label=f"lit_llm {layers} layer{'s' * (layers > 1)}")
         final = final_losses(lo)[1]
         for key, fill in (("ratio", color), ("compiled_ratio", "none")):
             right.plot([statistics.median(r[key] for r in sp["speed"])], [final], "o", color=color, mfc=fill)
@@ -245,7 +246,8 @@ def dpo_section(results: list[dict]) -> list[str]:
     first = results[0]
     trl = first["versions"]["trl_env"]
     lines = ["## DPO: lit_llm's DPOModule vs TRL's DPOTrainer (same model, same tokens, alternating processes)", ""]
-    lines += [f"    python {r['command'].split(' ', 1)[1]}   # on {cpu_of(r)}" for r in results]  # without python's path
+    # each command without python's path
+    lines += [f"    python {r['command'].split(' ', 1)[1]}   # on {cpu_of(r)}" for r in results]
     lines += ["", f"A random tiny Llama (the `tiny` preset) exported by `lit-llm export`'s code, the same 2,000 task-world "
               f"pairs in file order, batch 16 pairs, max length 128, β 0.1, float32, constant LR, the same AdamW, "
               f"clipping 1.0; TRL {trl['trl']} with transformers {trl['transformers']} in its own environment "

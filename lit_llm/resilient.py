@@ -23,7 +23,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from lit_llm import store_warmup
-from lit_llm.store_warmup import env_tracking_uri
 
 # MLflow retries a failed HTTP call 7 times with exponential backoff and a 120 s timeout: minutes per call, during
 # which training stands still. ResilientClient buffers and retries on its own, so a failing call may fail fast:
@@ -44,7 +43,7 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """The explicit URI, else `MLFLOW_TRACKING_URI`, else the embedded sqlite store; once a store being created in
     the background (`store_warmup`) is there, so that no two processes create one at once."""
     store_warmup.wait()
-    return tracking_uri or env_tracking_uri(os.environ)
+    return tracking_uri or store_warmup.env_tracking_uri(os.environ)
 
 
 class MLflowUnreachableError(SystemExit):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # The child goes through MLflow's own door (MlflowClient's store), so the store is the one the run would create.
-CREATE_STORE = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments(max_results=1)"
+CREATE_STORE = ("import sys; from mlflow import MlflowClient; "
+                "MlflowClient(sys.argv[1]).search_experiments(max_results=1)")
 
 _child: subprocess.Popen | None = None
 

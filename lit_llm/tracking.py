@@ -32,6 +32,7 @@ from mlflow.entities import Metric, Param
 from lit_llm.resilient import (UNSENT_METRICS_FILE, MLflowUnreachableError, ResilientClient, is_server,
                                resolve_tracking_uri, server_down_reason, set_http_retry_defaults, start_tracking_uri,
                                unreachable_message)
+from lit_llm.store_warmup import usable_cores
 
 TRACKED_PACKAGES = ("lit-llm", "torch", "lightning", "mlflow", "tokenizers", "datasets", "transformers")
 MLFLOW_BATCH = 100  # MLflow's limit of params per log_batch call
@@ -332,8 +333,7 @@ def hardware() -> dict[str, str]:
 
     Wall times mean little without it, and the load average says whether the machine was shared.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": cpu_model(), "cpu_cores": str(cores), "torch_threads": str(torch.get_num_threads()),
+    info = {"cpu": cpu_model(), "cpu_cores": str(usable_cores()), "torch_threads": str(torch.get_num_threads()),
             "os": platform.platform()}
     try:
         info["memory_gb"] = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f}"
