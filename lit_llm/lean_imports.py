@@ -7,6 +7,10 @@ scipy.signal (audio metrics), transformers' AutoModel (BERTScore, InfoLM, CLIPSc
 asks (`lightning_utilities`' `package_available` and `RequirementCache`); its metrics that need them then say the
 package is missing. Nothing else changes: lit_llm and every other library still import them as usual. The
 `lit-llm` command calls it before the command's module imports Lightning; `import lit_llm` does not.
+
+`no_ipython_shell`: MLflow asks IPython whether it runs in a notebook each time Lightning's logger creates a run,
+importing IPython to ask (seconds of CPU, a third of a second on an idle machine). A process that has not imported
+IPython runs in no IPython shell, so `tracking` creates its runs with the import refused: the answer is the same.
 """
 
 import importlib.abc
@@ -70,3 +74,18 @@ def hide_from_torchmetrics(names: frozenset[str] = UNUSED_EXTRAS) -> None:
     """Have torchmetrics, when it is imported, see `names` as not installed (nothing if it is already imported)."""
     if "torchmetrics" not in sys.modules and not any(isinstance(f, _TorchmetricsFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchmetricsFinder(names))
+
+
+@contextmanager
+def no_ipython_shell() -> Iterator[None]:
+    """While inside, `import IPython` raises ImportError, unless it is already imported (a notebook, a shell); the
+    callers that probe for a shell catch it and answer "no shell", which is the truth in a process without it."""
+    if "IPython" in sys.modules:
+        yield
+        return
+    sys.modules["IPython"] = None  # type: ignore[assignment]  # import's documented "not importable" marker
+    try:
+        yield
+    finally:
+        if sys.modules.get("IPython", 0) is None:
+            del sys.modules["IPython"]

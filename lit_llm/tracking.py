@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
+from lit_llm.lean_imports import no_ipython_shell
 from lit_llm.resilient import (UNSENT_METRICS_FILE, MLflowUnreachableError, ResilientClient, is_server,
                                resolve_tracking_uri, server_down_reason, set_http_retry_defaults, start_tracking_uri,
                                unreachable_message)
@@ -214,7 +215,8 @@ class MLflowLogger(MLFlowLogger):
         """Lightning's experiment: the run is created (or found) on first use; a server gone since the start
         probe is the same clear error."""
         try:
-            return MLFlowLogger.experiment.fget(self)
+            with no_ipython_shell():  # MLflow's notebook probe, answered without importing IPython
+                return MLFlowLogger.experiment.fget(self)
         except Exception as err:
             reason = server_down_reason(self._tracking_uri) if is_server(self._tracking_uri) else None
             if reason is None:

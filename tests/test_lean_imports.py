@@ -1,4 +1,5 @@
-"""`lit-llm` imports Lightning's torchmetrics without the optional packages lit_llm never uses through it."""
+"""`lit-llm` imports Lightning's torchmetrics without the optional packages lit_llm never uses through it, and MLflow's
+run creation without IPython."""
 
 import json
 import subprocess
@@ -30,7 +31,7 @@ def test_torchmetrics_imports_without_them_and_everything_else_still_can() -> No
 
 def test_a_fit_through_the_command_imports_none_of_them(tmp_path: Path, token_cache: Path) -> None:
     args = micro_pretrain_args(tmp_path / "run", token_cache, steps=2)
-    code = f"from lit_llm.commands import main; main({['fit', *args]!r})\n{REPORT.format(extras=EXTRAS)}"
+    code = f"from lit_llm.commands import main; main({['fit', *args]!r})\n{REPORT.format(extras=[*EXTRAS, 'IPython'])}"
     assert json.loads(fresh_process(code, tmp_path).splitlines()[-1]) == []
 
 
@@ -41,3 +42,14 @@ def test_nothing_changes_once_torchmetrics_is_imported() -> None:
     finders = list(sys.meta_path)
     lean_imports.hide_from_torchmetrics()
     assert sys.meta_path == finders
+
+
+def test_mlflow_run_tags_are_the_same_without_importing_ipython() -> None:
+    code = ("import sys\nfrom mlflow.tracking.context.registry import resolve_tags\n"
+            "from lit_llm.lean_imports import no_ipython_shell\n"
+            "with no_ipython_shell():\n    refused = resolve_tags({'a': '1'})\n"
+            "assert 'IPython' not in sys.modules\n"
+            "assert resolve_tags({'a': '1'}) == refused and 'IPython' in sys.modules  # probed with IPython\n"
+            "import IPython\nwith no_ipython_shell():\n    import IPython.display  # already imported: untouched\n"
+            "print('ok')")
+    assert fresh_process(code).strip() == "ok"
