@@ -11,7 +11,8 @@ from mlflow import MlflowClient
 from lit_llm.checkpoint import checkpoint_meta, load_backbone
 from lit_llm.commands import main
 from lit_llm.data.preference import PreferenceDataModule, comparison, split_shared_text
-from lit_llm.data.preference_batch import PreferenceCollator, PreferenceStats, encode_comparison, encode_response
+from lit_llm.data.preference_batch import (Comparison, PreferenceCollator, PreferenceStats, encode_comparison,
+                                          encode_response)
 from lit_llm.data.records import RecordError, RecordReader
 from lit_llm.losses import IGNORE_INDEX, reward_centering_loss, reward_pair_loss, reward_regression_loss
 from lit_llm.model import ModelConfig, Transformer
@@ -111,6 +112,21 @@ HH_REJECTED = ("\n\nHuman: What is 2 plus 3?\n\nAssistant: Let me think.\n\nHuma
                "\n\nAssistant: It is 6, I think.")
 MULTI_TURN_PROMPT = [{"role": "user", "content": "What is 2 plus 3?"},
                      {"role": "assistant", "content": "Let me think."}, {"role": "user", "content": "Well?"}]
+
+
+def test_a_comparison_renders_its_prompt_once_with_the_sequences_of_each_response_alone(
+        tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    responses = [[{"role": "assistant", "content": text}] for text in ("4", "five", "It is 4.")]
+    responses.append([{"role": "assistant", "content": "4"}, {"role": "user", "content": "sure?"},
+                      {"role": "assistant", "content": "yes"}])
+    item = Comparison(MULTI_TURN_PROMPT, responses, pairs=[(0, 1)], margins=[0.0], weights=[1.0])
+    calls = []
+    render = tok.render_chat
+    monkeypatch.setattr(tok, "render_chat", lambda messages, *args: calls.append(messages) or render(messages, *args))
+    encoded = encode_comparison(tok, item, 256, "truncate", PreferenceStats())
+    assert calls.count(MULTI_TURN_PROMPT) == 1 and len(calls) == 1 + len(responses)
+    monkeypatch.undo()
+    assert encoded.sequences == [encode_response(tok, MULTI_TURN_PROMPT, response) for response in responses]
 
 
 def test_implicit_prompt_splits_at_the_last_shared_assistant_turn() -> None:

@@ -52,7 +52,8 @@ class EncodedSequence:
         return len(self.input_ids)
 
 
-def encode_response(tokenizer: Tokenizer, prompt: list[dict], response: list[dict]) -> EncodedSequence:
+def encode_response(tokenizer: Tokenizer, prompt: list[dict], response: list[dict],
+                    prompt_ids: list[int] | None = None) -> EncodedSequence:
     """Render prompt + response with the chat template, ending at the response's last token.
 
     Response tokens are the assistant mask's tokens past the rendering of the prompt alone (so assistant turns
@@ -62,9 +63,11 @@ def encode_response(tokenizer: Tokenizer, prompt: list[dict], response: list[dic
         tokenizer: Tokenizer whose `render_chat` defines the template.
         prompt: Messages before the response.
         response: The response's messages.
+        prompt_ids: The prompt's own rendering, when the caller has it (a comparison's responses share it).
     """
     ids, assistant = tokenizer.render_chat(prompt + response)
-    prompt_ids = tokenizer.render_chat(prompt)[0]
+    if prompt_ids is None:
+        prompt_ids = tokenizer.render_chat(prompt)[0]
     # The prompt's own rendering can end differently from its start inside prompt + response (a template may close
     # the last turn), so response tokens start where the two renderings first differ, not at len(prompt_ids).
     shared = next((i for i, (a, b) in enumerate(zip(ids, prompt_ids)) if a != b), min(len(ids), len(prompt_ids)))
@@ -140,8 +143,9 @@ def encode_comparison(tokenizer: Tokenizer, comparison: Comparison, max_length: 
                       stats: PreferenceStats) -> EncodedComparison | None:
     """Tokenize every response of a comparison under the length policy; None (counted) when one cannot fit."""
     sequences, truncated = [], 0
+    prompt_ids = tokenizer.render_chat(comparison.prompt)[0]
     for response in comparison.responses:
-        seq = encode_response(tokenizer, comparison.prompt, response)
+        seq = encode_response(tokenizer, comparison.prompt, response, prompt_ids)
         fitted = fit_length(seq, max_length, policy, tokenizer.bos_id)
         if fitted is None:
             stats.dropped_too_long += 1
