@@ -17,7 +17,7 @@ from lit_llm.commands import main
 from lit_llm.data.preference import PreferenceDataModule
 from lit_llm.losses import cdpo_loss, dpo_logratios, dpo_sigmoid_loss, hinge_loss, ipo_loss, rpo_nll_loss
 from lit_llm.shared_prefix import shared_prefix_target_logprobs
-from lit_llm.stages.dpo import DPOModule, batch_keys, no_grad_context
+from lit_llm.stages.dpo import METRICS, DPOModule, batch_keys, no_grad_context
 from tests.conftest import REPO
 
 DPO_TINY = str(REPO / "configs" / "dpo" / "tiny.yaml")
@@ -158,8 +158,12 @@ def test_the_precompute_runs_in_inference_mode_with_the_values_of_no_grad(tiny_p
 
 # ------------------------------------------------------------------------------------------ end to end
 def test_micro_dpo_run_through_the_cli_keeps_the_reference_out_of_the_checkpoint(
-        tiny_pretrain: Path, tmp_path: Path, mlflow_db: str) -> None:
+        tiny_pretrain: Path, tmp_path: Path, mlflow_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "dpo"
+    details = []  # each training step's metrics besides the loss, logged or not
+    log_train_step = DPOModule.log_train_step
+    monkeypatch.setattr(DPOModule, "log_train_step", lambda self, loss, get: details.append(get()) or
+                        log_train_step(self, loss, get))
     main(["fit", "--config", DPO_TINY, "--model.init_args.init_from=" + ckpt(tiny_pretrain),
           "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.log_every_n_steps=2",
           f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
@@ -184,3 +188,9 @@ def test_micro_dpo_run_through_the_cli_keeps_the_reference_out_of_the_checkpoint
     for name in ("train/loss", "train/reward_margin", "train/reward_accuracy", "train/logps_chosen",
                  "val/loss", "val/rewards_chosen", "val/reward_accuracy", "val/gold_accuracy"):
         assert name in run.data.metrics, name
+    loss_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(details) == 4 and len(loss_steps) == 2  # 4 steps, written every 2
+    for name in METRICS[1:]:  # logged on the steps the logger writes, with those steps' values
+        history = sorted(client.get_metric_history(run.info.run_id, f"train/{name}"), key=lambda m: m.step)
+        assert [m.step for m in history] == loss_steps, name
+        assert [m.value for m in history] == pytest.approx([float(details[i][name]) for i in (1, 3)]), name

@@ -7,7 +7,7 @@ One thin base class, not a hierarchy: each stage adds only its step.
 import contextlib
 import copy
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,16 @@ class StageModule(pl.LightningModule):
     def answer_stop_ids(self) -> list[int]:
         """Tokens that end an answer: the end of the assistant's turn (and eos)."""
         return self.tokenizer.chat_stop_ids()
+
+    # ---------------------------------------------------------------------------------------- logging
+    def log_train_step(self, loss: torch.Tensor, details: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """train/loss every step (the progress bar's), `details()` as train/<name> only on the steps whose metrics
+        the logger writes (`log_every_n_steps`): the same values land in MLflow, and the other steps skip Lightning's
+        per-call bookkeeping (`self.log` costs ~1 ms a call on a CPU; 6 per step were 8% of a tiny DPO step)."""
+        self.log("train/loss", loss, prog_bar=True)
+        if getattr(self.trainer._logger_connector, "should_update_logs", True):  # Lightning's own rule
+            for name, value in details().items():
+                self.log(f"train/{name}", value)
 
     # ------------------------------------------------------------------------------------- randomness
     def on_fit_start(self) -> None:

@@ -189,9 +189,7 @@ class DPOModule(StageModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.compute(batch)
         w = batch["weight"]
-        self.log("train/loss", out["loss"], prog_bar=True)
-        for name in METRICS[1:]:
-            self.log(f"train/{name}", (w * out[name]).sum() / w.sum())
+        self.log_train_step(out["loss"], lambda: {name: (w * out[name]).sum() / w.sum() for name in METRICS[1:]})
         return out["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -46,6 +46,19 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (weights * values).sum() / weights.sum()
 
 
+def train_details(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A training batch's metrics besides the loss (weighted per prompt, as the loss)."""
+    details = {}
+    if "chosen" in out:
+        w, chosen, rejected = out["weight"], out["chosen"].detach(), out["rejected"].detach()
+        details.update(pair_accuracy=weighted_mean(pair_wins(chosen, rejected), w),
+                       reward_chosen=weighted_mean(chosen, w), reward_rejected=weighted_mean(rejected, w),
+                       reward_margin=weighted_mean(chosen - rejected, w))
+    if "mse" in out:
+        details["mse"] = out["mse"]
+    return details
+
+
 def pair_wins(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """(P,) 1 where the chosen reward is higher, 0.5 on a tie, else 0."""
     return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
@@ -125,15 +138,7 @@ class RewardModule(StageModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.compute(batch)
-        self.log("train/loss", out["loss"], prog_bar=True)
-        if "chosen" in out:
-            w = out["weight"]
-            self.log("train/pair_accuracy", weighted_mean(pair_wins(out["chosen"], out["rejected"]), w))
-            self.log("train/reward_chosen", weighted_mean(out["chosen"].detach(), w))
-            self.log("train/reward_rejected", weighted_mean(out["rejected"].detach(), w))
-            self.log("train/reward_margin", weighted_mean((out["chosen"] - out["rejected"]).detach(), w))
-        if "mse" in out:
-            self.log("train/mse", out["mse"])
+        self.log_train_step(out["loss"], lambda: train_details(out))
         return out["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
