@@ -15,7 +15,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-# the training metrics a progress line shows, when the stage logs them
+# the training metrics a progress line shows, when the stage logs them (those a stage logs only on the logger's
+# steps, `StageModule.log_train_step`, show their latest logged value)
 LINE_METRICS = ("train/loss", "train/reward", "train/kl", "train/reward_margin", "train/reward_accuracy",
                 "train/pair_accuracy", "train/tokens_per_s")
 PROGRESS_FILE = "progress.log"
