@@ -254,9 +254,10 @@ def dpo_section(results: list[dict]) -> list[str]:
               f"(torch {trl['torch']}); the threads column is torch's threads in each process; the first batch's "
               f"tokens and a digest of all pairs are asserted equal, the first loss is ln 2 on both sides, and the "
               f"losses agree at every step (largest difference in the column).", "",
-              "| CPU | reference log-probs | threads | rounds | TRL pairs/s | lit_llm pairs/s | lit_llm ÷ TRL (median "
-              "of rounds; their range) | reference precompute TRL / lit_llm | max loss difference | load |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| CPU | lit_llm commit | reference log-probs | threads | rounds | TRL pairs/s | lit_llm pairs/s | "
+              "lit_llm ÷ TRL (median of rounds; their range) | reference precompute TRL / lit_llm | max loss "
+              "difference | load |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         pre = r.get("median_precompute_s")
         rounds = r["rounds"]
@@ -264,7 +265,7 @@ def dpo_section(results: list[dict]) -> list[str]:
         pre_text = f"{pre['trl']:.1f} s / {pre['ours']:.1f} s" if pre else "–"
         mode = "precomputed" if r["precompute"] else "forward every step"
         ratios = [x["ratio"] for x in rounds]
-        lines.append(f"| {cpu_of(r)} | {mode} | {r['threads']} | {len(rounds)} | "
+        lines.append(f"| {cpu_of(r)} | `{r['versions']['ours']['repo']}` | {mode} | {r['threads']} | {len(rounds)} | "
                      f"{r['median_pairs_per_s']['trl']:.1f} | {r['median_pairs_per_s']['ours']:.1f} | "
                      f"{r['median_ratio']:.2f}x ({min(ratios):.2f}–{max(ratios):.2f}) | {pre_text} | "
                      f"{r['max_abs_loss_diff']:.1e} | {load} |")
