@@ -265,7 +265,8 @@ def dpo_section(results: list[dict]) -> list[str]:
         pre_text = f"{pre['trl']:.1f} s / {pre['ours']:.1f} s" if pre else "–"
         mode = "precomputed" if r["precompute"] else "forward every step"
         ratios = [x["ratio"] for x in rounds]
-        lines.append(f"| {cpu_of(r)} | `{r['versions']['ours']['repo']}` | {mode} | {r['threads']} | {len(rounds)} | "
+        commit = r["versions"]["ours"]["repo"]
+        lines.append(f"| {cpu_of(r)} | `{commit}` | {mode} | {r['threads']} | {len(rounds)} | "
                      f"{r['median_pairs_per_s']['trl']:.1f} | {r['median_pairs_per_s']['ours']:.1f} | "
                      f"{r['median_ratio']:.2f}x ({min(ratios):.2f}–{max(ratios):.2f}) | {pre_text} | "
                      f"{r['max_abs_loss_diff']:.1e} | {load} |")
