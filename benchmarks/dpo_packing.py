@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--out", default="dpo_packing.json")
     args = p.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of measuring
     work = Path(tempfile.mkdtemp(prefix="dpo_packing_"))
     setup(work, 2000)
     dpo = [(f"DPO step, tiny model, 16 task-world pairs, reference {mode}", threads,

@@ -342,6 +342,7 @@ def main() -> None:
     p.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)  # internal: one run, JSON on stdout
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of measuring
     if args.worker:
         import torch
 

@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import transformers
@@ -65,6 +66,7 @@ def main() -> None:
                    help="also time ours with the decode step compiled (generate's compile_backend='inductor') each round")
     p.add_argument("--out", default="generation_vs_transformers.json")
     args = p.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of measuring
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -38,6 +38,7 @@ import time
 import types
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -329,6 +330,7 @@ def main() -> None:
     p.add_argument("--out", default="levers.json")
     p.add_argument("--nanogpt", help="a nanoGPT checkout: adds the table of our speed against its model's")
     args = p.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of measuring
     result = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
               "cpu": cpu_model(),
               "torch": torch.__version__, "load_avg_start": os.getloadavg()}

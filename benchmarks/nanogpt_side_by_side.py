@@ -239,6 +239,7 @@ def main() -> None:
                    help="override our backbone's shape in every run of ours (e.g. n_layer=2: fewer FLOPs per "
                         "token, for the same val loss at equal steps); repeatable; default the equal-size shape")
     args = p.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of measuring
     if args.worker:
         print(json.dumps(train_ours(args.data, args.worker, args.speed_steps, args.validate, args.compile,
                                     args.eval_interval, tuple(args.backbone))))

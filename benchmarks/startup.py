@@ -83,6 +83,7 @@ def main() -> None:
                         "PYTHONPATH); each row then also has its times and the median of per-round ratios")
     p.add_argument("--baseline-commit", default="", help="the baseline's commit, recorded in the JSON")
     args = p.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of measuring
     root = args.pipeline_root.resolve()
     existing = tempfile.TemporaryDirectory()
     store = f"sqlite:///{existing.name}/mlflow.db"
