@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     if command.module == "lit_llm.cli":
         store_warmup.start(args)  # a new MLflow store, created while torch is imported
     lean_imports.hide_from_torchmetrics()  # Lightning's torchmetrics import, without packages lit_llm never uses
-    getattr(import_module(command.module), command.function)(args)
+    with lean_imports.rare_collections():  # the imports' objects live as long as the process: no need to re-scan them
+        module = import_module(command.module)
+    getattr(module, command.function)(args)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,39 @@ def test_torchmetrics_imports_without_them_and_everything_else_still_can() -> No
     assert json.loads(fresh_process(code).splitlines()[0]) == []
 
 
-def test_a_fit_through_the_command_imports_none_of_them(tmp_path: Path, token_cache: Path) -> None:
+def test_a_fit_through_the_command_imports_none_of_them_and_freezes_its_imports(tmp_path: Path,
+                                                                                   token_cache: Path) -> None:
     args = micro_pretrain_args(tmp_path / "run", token_cache, steps=2)
-    code = f"from lit_llm.commands import main; main({['fit', *args]!r})\n{REPORT.format(extras=[*EXTRAS, 'IPython'])}"
+    code = (f"import gc\nthresholds = gc.get_threshold()\n"
+            f"from lit_llm.commands import main; main({['fit', *args]!r})\n"
+            "assert gc.get_threshold() == thresholds and gc.isenabled(), gc.get_threshold()\n"
+            "assert gc.get_freeze_count() > 100_000  # the objects its imports left\n"
+            f"{REPORT.format(extras=[*EXTRAS, 'IPython'])}")
     assert json.loads(fresh_process(code, tmp_path).splitlines()[-1]) == []
+
+
+def test_rare_collections_while_importing_then_the_survivors_frozen() -> None:
+    code = ("import gc, sys\nfrom lit_llm.lean_imports import rare_collections\n"
+            "before = gc.get_threshold()\nwith rare_collections(50_000):\n"
+            "    inside = gc.get_threshold()\n    import torch\n"
+            "    cycle = []; cycle.append(cycle); del cycle  # garbage made inside is still collected\n"
+            "    assert gc.collect() > 0\n"
+            "assert inside == (50_000, *before[1:]) and gc.get_threshold() == before\n"
+            "assert gc.get_freeze_count() > 100_000  # torch's objects\n"
+            "cycle = []; cycle.append(cycle); del cycle\nassert gc.collect() > 0  # new garbage: collected as usual\n"
+            "print('ok')")
+    assert fresh_process(code).strip() == "ok"
+
+
+def test_rare_collections_leaves_a_process_that_imported_torch_alone() -> None:
+    import gc
+    from importlib import import_module
+
+    import_module("torch")  # imported, as in the processes that call `lit-llm`'s main in-process (tests, notebooks)
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with lean_imports.rare_collections():
+        assert gc.get_threshold() == thresholds
+    assert gc.get_freeze_count() == frozen
 
 
 def test_nothing_changes_once_torchmetrics_is_imported() -> None:
