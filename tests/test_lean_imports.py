@@ -1,9 +1,12 @@
-"""`lit-llm` imports Lightning's torchmetrics without the optional packages lit_llm never uses through it, and MLflow's
-run creation without IPython."""
+"""`lit-llm` imports Lightning's torchmetrics without the optional packages lit_llm never uses through it, its
+command's module with rare garbage collections (then freezes what the imports left), and MLflow's run creation
+without IPython."""
 
+import gc
 import json
 import subprocess
 import sys
+from importlib import import_module
 from pathlib import Path
 
 from lit_llm import lean_imports
@@ -54,9 +57,6 @@ def test_rare_collections_while_importing_then_the_survivors_frozen() -> None:
 
 
 def test_rare_collections_leaves_a_process_that_imported_torch_alone() -> None:
-    import gc
-    from importlib import import_module
-
     import_module("torch")  # imported, as in the processes that call `lit-llm`'s main in-process (tests, notebooks)
     thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
     with lean_imports.rare_collections():
