@@ -17,6 +17,10 @@ run's tokens/s is batch × context ÷ median step time (nanoGPT: its printed per
 between consecutive ends of training batches; both include fetching the batch, forward, backward and the AdamW
 step). Loss: one run each of `--loss-steps` steps with evaluation every `--eval-interval` steps (nanoGPT: its
 estimate over `--eval-iters` random val batches; ours: the whole val split).
+
+Other shapes of ours (reports/side_by_side.md's shapes table): `--backbone KEY=VALUE`, repeatable, e.g. `--backbone
+n_layer=2` (fewer layers, same width) or `--backbone n_layer=1 --backbone d_model=256 --backbone n_head=8 --backbone
+d_ff=640` (one wider layer with the equal-size model's parameters and matmul FLOPs per token).
 """
 
 from __future__ import annotations
@@ -236,8 +240,9 @@ def main() -> None:
                    help="also time our run with compiled blocks (lit_llm.callbacks.Compile) in every round; "
                         "nanoGPT runs as its README runs it on CPU (--compile=False)")
     p.add_argument("--backbone", action="append", default=[], metavar="KEY=VALUE",
-                   help="override our backbone's shape in every run of ours (e.g. n_layer=2: fewer FLOPs per "
-                        "token, for the same val loss at equal steps); repeatable; default the equal-size shape")
+                   help="override our backbone's shape in every run of ours (n_layer=2: fewer FLOPs per token; "
+                        "n_layer=1 d_model=256 n_head=8 d_ff=640: the same parameters and FLOPs in one wider layer); "
+                        "repeatable; default the equal-size shape")
     args = p.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of measuring
     if args.worker:

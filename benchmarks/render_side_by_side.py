@@ -141,32 +141,33 @@ def final_losses(result: dict) -> tuple[float, float]:
     return nano[max(nano, key=int)], ours[max(ours, key=int)]
 
 
-def fewer_layers_section(results: list[dict], speed: dict, loss: dict, plot: str | None) -> list[str]:
+def shapes_section(results: list[dict], speed: dict, loss: dict, plot: str | None) -> list[str]:
     """The issue's training goal in its own terms: tokens/s at equal or lower val loss at equal steps, with our
-    shape allowed to differ (fewer layers); one benchmark JSON (speed rounds + loss runs) per shape."""
-    lines = ["## Fewer layers: tokens/s at equal or lower val loss at equal steps", "",
-             "The same benchmark with our backbone given fewer layers (`--backbone n_layer=N`; width, heads, data, "
-             "batches, steps and schedule unchanged); each row is one run of it: its own speed rounds against "
-             "nanoGPT (A/B interleaved, median and quartiles of the rounds) and its own pair of 2000-step loss runs. "
-             "The first row is the equal-size model of the tables above.", "",
-             "| lit_llm layers | parameters | val loss at the last step, nanoGPT → lit_llm | lit_llm / nanoGPT "
-             "tokens/s | compiled / nanoGPT | load |", "|---:|---:|---|---:|---:|---|"]
-    for layers, sp, lo in shape_rows(results, speed, loss):
+    shape allowed to differ; one benchmark JSON (speed rounds + loss runs) per shape."""
+    lines = ["## Other shapes: tokens/s at equal or lower val loss at equal steps", "",
+             "The same benchmark with our backbone given another shape (`--backbone KEY=VALUE`): fewer layers at the "
+             "same width, or fewer and wider layers with the equal-size model's parameter count and matmul FLOPs per "
+             "token (d_ff set so); data, batches, steps and schedule unchanged. Each row is one run of it: its own "
+             "speed rounds against nanoGPT (A/B interleaved, median and quartiles of the rounds) and its own pair of "
+             "2000-step loss runs. The first row is the equal-size model of the tables above.", "",
+             "| lit_llm shape | parameters | val loss at the last step, nanoGPT → lit_llm | lit_llm / nanoGPT "
+             "tokens/s | compiled / nanoGPT | CPU | load |", "|---|---:|---|---:|---:|---|---|"]
+    for sp, lo in shape_rows(results, speed, loss):
         nano, ours = final_losses(lo)
-        lines.append(f"| {layers} | {lo['loss']['ours']['params']:,} | {nano:.4f} → {ours:.4f} | "
+        lines.append(f"| {shape_label(sp)} | {lo['loss']['ours']['params']:,} | {nano:.4f} → {ours:.4f} | "
                      f"{quartile_text(sp['speed'], 'ratio')} | {quartile_text(sp['speed'], 'compiled_ratio')} | "
-                     f"{sp['load_avg_start'][0]:.2f}–{sp['load_avg_end'][0]:.2f} |")
-    compiled = [str(layers_of(r)) for r in results if r["compile"]]
+                     f"{cpu_of(sp)} | {sp['load_avg_start'][0]:.2f}–{sp['load_avg_end'][0]:.2f} |")
+    compiled = [shape_label(r, short=True) for r in results if r["compile"]]
     if compiled:  # --compile also compiles the blocks of the loss run
-        lines += ["", f"The loss runs of {', '.join(compiled)} layer(s) compiled the blocks (the command's "
-                      "`--compile`); the first row's loss run is eager."]
+        lines += ["", f"The loss runs of {'; '.join(compiled)} compiled the blocks (the command's `--compile`); the "
+                      "first row's loss run is eager."]
     lines += ["", "Commands (one per row after the first):", ""] + [f"    python {r['command']}" for r in results]
     if plot:
         lines += ["", f"![val loss by step, and the last val loss against the speed ratio]({plot})"]
     return lines + [""]
 
 
-def plot_fewer_layers(results: list[dict], speed: dict, loss: dict, path: str) -> None:
+def plot_shapes(results: list[dict], speed: dict, loss: dict, path: str) -> None:
     """Left: val loss by step, nanoGPT and each of our shapes. Right: each shape's last val loss against its
     median speed ratio (eager filled, compiled hollow), with the goal's corner (≥ 1.2×, ≤ nanoGPT's loss) shaded."""
     import matplotlib
@@ -176,39 +177,44 @@ def plot_fewer_layers(results: list[dict], speed: dict, loss: dict, path: str) -
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     nano_curve = {int(k): v for k, v in loss["loss"]["nanogpt"]["val_loss"].items() if int(k) > 0}
-    left.plot(sorted(nano_curve), [nano_curve[k] for k in sorted(nano_curve)], "k--", label="nanoGPT (4 layers)")
+    left.plot(sorted(nano_curve), [nano_curve[k] for k in sorted(nano_curve)], "k--", label="nanoGPT (4 × 128)")
     nano_final = final_losses(loss)[0]
     right.axvspan(1.2, 10, ymax=1, color="tab:green", alpha=0.08)
     right.axhline(nano_final, color="k", ls="--", lw=0.8)
     right.plot([1.0], [nano_final], "ks", label="nanoGPT")
-    for (layers, sp, lo), color in zip(shape_rows(results, speed, loss),
-                                       ("tab:blue", "tab:orange", "tab:red", "tab:purple")):
+    colors = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:green", "tab:brown", "tab:cyan")
+    for (sp, lo), color in zip(shape_rows(results, speed, loss), colors):
         curve = {int(k) + 1: v for k, v in lo["loss"]["ours"]["val_loss"].items()}
         left.plot(sorted(curve), [curve[k] for k in sorted(curve)], color=color,
-                  label=f"lit_llm {layers} layer{'s' * (layers > 1)}")
+                  label=f"lit_llm {shape_label(sp, short=True)}")
         final = final_losses(lo)[1]
         for key, fill in (("ratio", color), ("compiled_ratio", "none")):
-            right.plot([statistics.median(r[key] for r in sp["speed"])], [final], "o", color=color, mfc=fill)
-        right.annotate(f"{layers}L", (statistics.median(r["ratio"] for r in sp["speed"]), final),
-                       textcoords="offset points", xytext=(-14, 6))
+            right.plot([statistics.median(r[key] for r in sp["speed"])], [final], "o", color=color, mfc=fill,
+                       label=shape_label(sp, short=True) if key == "ratio" else None)
     left.set(xlabel="step", ylabel="val loss", title="Validation loss at equal steps")
     right.set(xlabel="tokens/s ÷ nanoGPT's (median; hollow: compiled)", ylabel="val loss at the last step",
               title="Speed and quality (shaded: the goal)")
     right.set_xlim(0.5, max(statistics.median(r["compiled_ratio"] for r in x["speed"]) for x in results) + 0.3)
     left.legend()
+    right.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def shape_rows(results: list[dict], speed: dict, loss: dict) -> list[tuple[int, dict, dict]]:
-    """(layers, its speed JSON, its loss JSON): the equal-size tables first, then each fewer-layers run."""
-    return [(layers_of(speed), speed, loss)] + [(layers_of(r), r, r) for r in results]
+def shape_rows(results: list[dict], speed: dict, loss: dict) -> list[tuple[dict, dict]]:
+    """(its speed JSON, its loss JSON): the equal-size tables first, then each other shape's run."""
+    return [(speed, loss)] + [(r, r) for r in results]
 
 
-def layers_of(result: dict) -> int:
-    given = dict(kv.split("=", 1) for kv in result.get("backbone", []))
-    return int(given.get("n_layer", 4))
+def shape_label(result: dict, short: bool = False) -> str:
+    """Our backbone's shape in a benchmark JSON: the benchmark's 4 layers × 128 (4 heads, d_ff 341) with its
+    `--backbone` overrides; short: layers × width and the CPU's maker."""
+    shape = {"n_layer": 4, "d_model": 128, "n_head": 4, "d_ff": 341}
+    shape.update({key: int(value) for key, value in (kv.split("=", 1) for kv in result.get("backbone", []))})
+    text = f"{shape['n_layer']} × {shape['d_model']}"
+    return f"{text}, {cpu_of(result).split()[0].removesuffix('(R)')}" if short else \
+        f"{text}, {shape['n_head']} heads, d_ff {shape['d_ff']}"
 
 
 def quartile_text(rows: list[dict], key: str) -> str:
@@ -341,9 +347,9 @@ def main() -> None:
     p.add_argument("--speed", required=True)
     p.add_argument("--model-only", required=True, help="JSON of a --model-only-rounds run")
     p.add_argument("--loss", required=True)
-    p.add_argument("--fewer-layers", nargs="*", default=[],
-                   help="JSON files of nanogpt_side_by_side.py --backbone n_layer=N runs with speed rounds and loss")
-    p.add_argument("--plot", default=None, help="with --fewer-layers: write their figure here (a PNG)")
+    p.add_argument("--shapes", nargs="*", default=[],
+                   help="JSON files of nanogpt_side_by_side.py --backbone KEY=VALUE runs with speed rounds and loss")
+    p.add_argument("--plot", default=None, help="with --shapes: write their figure here (a PNG)")
     p.add_argument("--generation", nargs="+", required=True,
                    help="JSON files of benchmarks/generation_vs_transformers.py (one per thread count)")
     p.add_argument("--dpo", nargs="*", default=[],
@@ -362,12 +368,12 @@ def main() -> None:
     model_only = load(args.model_only)
     lines += speed_section(speed) + model_only_section(model_only) + elsewhere([model_only], cpu)
     lines += loss_section(loss, speed) + elsewhere([loss], cpu)
-    if args.fewer_layers:
-        fewer = [load(path) for path in args.fewer_layers]
+    if args.shapes:
+        shapes = [load(path) for path in args.shapes]
         if args.plot:
-            plot_fewer_layers(fewer, speed, loss, args.plot)
+            plot_shapes(shapes, speed, loss, args.plot)
         plot = args.plot and os.path.relpath(args.plot, Path(args.out).parent)
-        lines += fewer_layers_section(fewer, speed, loss, plot) + elsewhere(fewer, cpu)
+        lines += shapes_section(shapes, speed, loss, plot)  # a CPU column
     generation = [load(path) for path in args.generation]
     lines += generation_section(generation) + elsewhere(generation, cpu)
     if args.dpo:
