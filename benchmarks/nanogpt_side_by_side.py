@@ -172,16 +172,18 @@ def nanogpt_model(nanogpt: Path | str, vocab_size: int) -> torch.nn.Module:
                          n_head=SHAPE["n_head"], n_embd=SHAPE["n_embd"], dropout=0.0, bias=False))
 
 
-def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60) -> list[dict]:
+def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60, backbone: tuple[str, ...] = ()) -> list[dict]:
     """The two models alone in one plain PyTorch loop on identical random batches, alternating: separates the
-    models' own speed from the training frameworks around them."""
+    models' own speed from the training frameworks around them (ours in the `--backbone` shape, if given)."""
     import torch.nn.functional as F
 
     from lit_llm.model import ModelConfig, Transformer
 
     V, B, T = 264, SHAPE["batch_size"], SHAPE["block_size"]
     nano = nanogpt_model(nanogpt, V)
-    ours = Transformer(ModelConfig(vocab_size=V, n_layer=4, n_head=4, d_model=128, max_seq_len=T, d_ff=D_FF))
+    shape = {"n_layer": 4, "n_head": 4, "d_model": 128, "d_ff": D_FF}
+    shape.update({key: int(value) for key, value in (kv.split("=", 1) for kv in backbone)})
+    ours = Transformer(ModelConfig(vocab_size=V, max_seq_len=T, **shape))
     rows = []
     for r in range(rounds):
         batches = [(torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))) for _ in range(steps)]
@@ -228,7 +230,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--loss-steps", type=int, default=2000, help="0 skips the loss comparison")
     p.add_argument("--model-only-rounds", type=int, default=0,
-                   help="also time the two models alone in one plain PyTorch loop (imports the checkout's model.py)")
+                   help="also time the two models alone in one plain PyTorch loop (imports the checkout's model.py; "
+                        "ours in the --backbone shape)")
     p.add_argument("--eval-iters", type=int, default=200, help="nanoGPT's val batches per estimate")
     p.add_argument("--eval-interval", type=int, default=EVAL_INTERVAL,
                    help="steps between val-loss evaluations (both)")
@@ -257,7 +260,7 @@ def main() -> None:
               "compile": args.compile, "backbone": args.backbone,
               "load_avg_start": os.getloadavg()}
     if args.model_only_rounds:
-        result["model_only"] = model_only_rounds(args.nanogpt, args.model_only_rounds)
+        result["model_only"] = model_only_rounds(args.nanogpt, args.model_only_rounds, backbone=tuple(args.backbone))
     dataset = write_nanogpt_dataset(args.data, args.nanogpt)
     result["speed"] = speed_rounds(args, dataset) if args.rounds else []
     if args.loss_steps:
