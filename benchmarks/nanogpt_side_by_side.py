@@ -181,7 +181,7 @@ def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60, backbone: tup
 
     V, B, T = 264, SHAPE["batch_size"], SHAPE["block_size"]
     nano = nanogpt_model(nanogpt, V)
-    shape = {"n_layer": 4, "n_head": 4, "d_model": 128, "d_ff": D_FF}
+    shape = {"n_layer": SHAPE["n_layer"], "n_head": SHAPE["n_head"], "d_model": SHAPE["n_embd"], "d_ff": D_FF}
     shape.update({key: int(value) for key, value in (kv.split("=", 1) for kv in backbone)})
     ours = Transformer(ModelConfig(vocab_size=V, max_seq_len=T, **shape))
     rows = []

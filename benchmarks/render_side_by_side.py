@@ -182,8 +182,8 @@ def plot_shapes(results: list[dict], speed: dict, loss: dict, path: str) -> None
     right.axvspan(1.2, 10, ymax=1, color="tab:green", alpha=0.08)
     right.axhline(nano_final, color="k", ls="--", lw=0.8)
     right.plot([1.0], [nano_final], "ks", label="nanoGPT")
-    colors = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:green", "tab:brown", "tab:cyan")
-    for (sp, lo), color in zip(shape_rows(results, speed, loss), colors):
+    for i, (sp, lo) in enumerate(shape_rows(results, speed, loss)):
+        color = f"C{i}"  # matplotlib's colour cycle: one per shape, however many
         curve = {int(k) + 1: v for k, v in lo["loss"]["ours"]["val_loss"].items()}
         left.plot(sorted(curve), [curve[k] for k in sorted(curve)], color=color,
                   label=f"lit_llm {shape_label(sp, short=True)}")
@@ -196,7 +196,7 @@ def plot_shapes(results: list[dict], speed: dict, loss: dict, path: str) -> None
               title="Speed and quality (shaded: the goal)")
     right.set_xlim(0.5, max(statistics.median(r["compiled_ratio"] for r in x["speed"]) for x in results) + 0.3)
     left.legend()
-    right.legend(fontsize=8, loc="upper right")
+    right.legend(fontsize=8, loc="lower right")  # upper right holds the 1-layer point
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
