@@ -254,8 +254,10 @@ def main() -> None:
         return
     if args.nanogpt is None:
         p.error("--nanogpt (a nanoGPT checkout) is required")
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
     result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
-              "cpu": cpu_model(),
+              "cpu": cpu_model(), "commit": commit,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "nanogpt_commit": args.nanogpt_commit,
               "compile": args.compile, "backbone": args.backbone,
               "load_avg_start": os.getloadavg()}

@@ -15,10 +15,7 @@ import os
 import statistics
 from pathlib import Path
 
-
-def cpu_of(result: dict) -> str:
-    """The CPU a benchmark's JSON was measured on (its `cpu`, written by the benchmark)."""
-    return result.get("cpu", "an unrecorded CPU")
+from render_shapes import cpu_of, plot_shapes, shapes_section  # this folder, first on sys.path
 
 
 def elsewhere(results: list[dict], cpu: str) -> list[str]:
@@ -135,94 +132,6 @@ def time_to_loss_lines(nano_loss: dict[int, float], ours_loss: dict[int, float],
     return [out + ", ".join(parts) + ". This is not the tokens/s at equal steps the speed table measures.", ""]
 
 
-def final_losses(result: dict) -> tuple[float, float]:
-    """nanoGPT's and our val loss at the last step of one benchmark JSON's loss runs."""
-    nano, ours = result["loss"]["nanogpt"]["val_loss"], result["loss"]["ours"]["val_loss"]
-    return nano[max(nano, key=int)], ours[max(ours, key=int)]
-
-
-def shapes_section(results: list[dict], speed: dict, loss: dict, plot: str | None) -> list[str]:
-    """The issue's training goal in its own terms: tokens/s at equal or lower val loss at equal steps, with our
-    shape allowed to differ; one benchmark JSON (speed rounds + loss runs) per shape."""
-    lines = ["## Other shapes: tokens/s at equal or lower val loss at equal steps", "",
-             "The same benchmark with our backbone given another shape (`--backbone KEY=VALUE`): fewer layers at the "
-             "same width, or fewer and wider layers with the equal-size model's parameter count and matmul FLOPs per "
-             "token (d_ff set so); data, batches, steps and schedule unchanged. Each row is one run of it: its own "
-             "speed rounds against nanoGPT (A/B interleaved, median and quartiles of the rounds) and its own pair of "
-             "2000-step loss runs. The first row is the equal-size model of the tables above.", "",
-             "| lit_llm shape | parameters | val loss at the last step, nanoGPT → lit_llm | lit_llm / nanoGPT "
-             "tokens/s | compiled / nanoGPT | CPU | load |", "|---|---:|---|---:|---:|---|---|"]
-    for sp, lo in shape_rows(results, speed, loss):
-        nano, ours = final_losses(lo)
-        lines.append(f"| {shape_label(sp)} | {lo['loss']['ours']['params']:,} | {nano:.4f} → {ours:.4f} | "
-                     f"{quartile_text(sp['speed'], 'ratio')} | {quartile_text(sp['speed'], 'compiled_ratio')} | "
-                     f"{cpu_of(sp)} | {sp['load_avg_start'][0]:.2f}–{sp['load_avg_end'][0]:.2f} |")
-    compiled = [shape_label(r, short=True) for r in results if r["compile"]]
-    if compiled:  # --compile also compiles the blocks of the loss run
-        lines += ["", f"The loss runs of {'; '.join(compiled)} compiled the blocks (the command's `--compile`); the "
-                      "first row's loss run is eager."]
-    lines += ["", "Commands (one per row after the first):", ""] + [f"    python {r['command']}" for r in results]
-    if plot:
-        lines += ["", f"![val loss by step, and the last val loss against the speed ratio]({plot})"]
-    return lines + [""]
-
-
-def plot_shapes(results: list[dict], speed: dict, loss: dict, path: str) -> None:
-    """Left: val loss by step, nanoGPT and each of our shapes. Right: each shape's last val loss against its
-    median speed ratio (eager filled, compiled hollow), with the goal's corner (≥ 1.2×, ≤ nanoGPT's loss) shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    nano_curve = {int(k): v for k, v in loss["loss"]["nanogpt"]["val_loss"].items() if int(k) > 0}
-    left.plot(sorted(nano_curve), [nano_curve[k] for k in sorted(nano_curve)], "k--", label="nanoGPT (4 × 128)")
-    nano_final = final_losses(loss)[0]
-    right.axvspan(1.2, 10, ymax=1, color="tab:green", alpha=0.08)
-    right.axhline(nano_final, color="k", ls="--", lw=0.8)
-    right.plot([1.0], [nano_final], "ks", label="nanoGPT")
-    for i, (sp, lo) in enumerate(shape_rows(results, speed, loss)):
-        color = f"C{i}"  # matplotlib's colour cycle: one per shape, however many
-        curve = {int(k) + 1: v for k, v in lo["loss"]["ours"]["val_loss"].items()}
-        left.plot(sorted(curve), [curve[k] for k in sorted(curve)], color=color,
-                  label=f"lit_llm {shape_label(sp, short=True)}")
-        final = final_losses(lo)[1]
-        for key, fill in (("ratio", color), ("compiled_ratio", "none")):
-            right.plot([statistics.median(r[key] for r in sp["speed"])], [final], "o", color=color, mfc=fill,
-                       label=shape_label(sp, short=True) if key == "ratio" else None)
-    left.set(xlabel="step", ylabel="val loss", title="Validation loss at equal steps")
-    right.set(xlabel="tokens/s ÷ nanoGPT's (median; hollow: compiled)", ylabel="val loss at the last step",
-              title="Speed and quality (shaded: the goal)")
-    right.set_xlim(0.5, max(statistics.median(r["compiled_ratio"] for r in x["speed"]) for x in results) + 0.3)
-    left.legend()
-    right.legend(fontsize=8, loc="lower right")  # upper right holds the 1-layer point
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def shape_rows(results: list[dict], speed: dict, loss: dict) -> list[tuple[dict, dict]]:
-    """(its speed JSON, its loss JSON): the equal-size tables first, then each other shape's run."""
-    return [(speed, loss)] + [(r, r) for r in results]
-
-
-def shape_label(result: dict, short: bool = False) -> str:
-    """Our backbone's shape in a benchmark JSON: the benchmark's 4 layers × 128 (4 heads, d_ff 341) with its
-    `--backbone` overrides; short: layers × width and the CPU's maker."""
-    shape = {"n_layer": 4, "d_model": 128, "n_head": 4, "d_ff": 341}
-    shape.update({key: int(value) for key, value in (kv.split("=", 1) for kv in result.get("backbone", []))})
-    text = f"{shape['n_layer']} × {shape['d_model']}"
-    return f"{text}, {cpu_of(result).split()[0].removesuffix('(R)')}" if short else \
-        f"{text}, {shape['n_head']} heads, d_ff {shape['d_ff']}"
-
-
-def quartile_text(rows: list[dict], key: str) -> str:
-    ratios = [r[key] for r in rows]
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return f"**{statistics.median(ratios):.2f}×** ({q[0]:.2f}–{q[2]:.2f})"
-
-
 def generation_section(results: list[dict]) -> list[str]:
     """One table row per (thread count, batch size): one JSON file of the benchmark per thread count."""
     first = results[0]
@@ -279,7 +188,8 @@ def dpo_section(results: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def startup_section(result: dict) -> list[str]:
+def startup_section(result: dict, others: list[dict]) -> list[str]:
+    """The start-up table of one run (`result`), then the medians of runs on other VMs (`others`), one row each."""
     lines = ["## Start-up: the CLI to its help, and `lit-llm fit` to the end of its first step", "",
              f"    {result['command']}", "",
              f"Fresh processes (imports, config, MLflow run, data, model, DPO's reference precompute, the sanity "
@@ -297,6 +207,30 @@ def startup_section(result: dict) -> list[str]:
             line += (f" {r['baseline_median_s']:.2f} s | {', '.join(f'{t:.2f}' for t in r['baseline_seconds'])} | "
                      f"{r['speedup']:.2f}× |")
         lines.append(line)
+    return lines + [""] + startup_elsewhere(others)
+
+
+def startup_elsewhere(results: list[dict]) -> list[str]:
+    """One row per run on another VM: the median of each case (new / existing MLflow store)."""
+    if not results:
+        return []
+    stages = ("pretrain", "sft", "dpo")
+    lines = ["### The same cases on other VMs", "",
+             "Medians to the end of step 1, with a new MLflow store / an existing one. The commit is the one "
+             "measured; runs from before the JSON recorded it give the commit they alternated with instead, and "
+             "the discussion below names theirs.", "",
+             "| CPU | commit | rounds | load | --help | " + " | ".join(f"fit {s}" for s in stages) + " |",
+             "|---|---|---:|---|---:|" + "---:|" * len(stages)]
+    for result in results:
+        median = {r["case"]: r["median_s"] for r in result["rows"]}
+        fits = [f"{median[f'lit-llm fit {s} tiny, to the end of step 1, new MLflow store']:.1f} / "
+                f"{median[f'lit-llm fit {s} tiny, to the end of step 1, existing MLflow store']:.1f} s"
+                for s in stages]
+        commit = f"`{result['commit']}`" if "commit" in result else f"– (baseline `{result['baseline']}`)"
+        lines.append(f"| {cpu_of(result)} | {commit} | {len(result['rows'][0]['seconds'])} | "
+                     f"{result['load_avg_start'][0]:.2f}–{result['load_avg_end'][0]:.2f} | "
+                     f"{median['lit-llm --help']:.2f} s | {' | '.join(fits)} |")
+    lines += ["", "Commands:", ""] + [f"    {r['command']}" for r in results]
     return lines + [""]
 
 
@@ -349,12 +283,16 @@ def main() -> None:
     p.add_argument("--loss", required=True)
     p.add_argument("--shapes", nargs="*", default=[],
                    help="JSON files of nanogpt_side_by_side.py --backbone KEY=VALUE runs with speed rounds and loss")
+    p.add_argument("--shape-rounds", nargs="*", default=[],
+                   help="JSON files of runs of the same shapes without loss runs (speed rounds or the models "
+                        "alone): pooled with the --shapes runs, not rows of their table")
     p.add_argument("--plot", default=None, help="with --shapes: write their figure here (a PNG)")
     p.add_argument("--generation", nargs="+", required=True,
                    help="JSON files of benchmarks/generation_vs_transformers.py (one per thread count)")
     p.add_argument("--dpo", nargs="*", default=[],
                    help="JSON files of benchmarks/dpo_vs_trl.py (one per mode and thread count)")
-    p.add_argument("--startup", default=None, help="JSON of benchmarks/startup.py")
+    p.add_argument("--startup", nargs="*", default=[],
+                   help="JSON files of benchmarks/startup.py: the first as the table, the others one row each")
     p.add_argument("--levers", default=None, help="JSON of benchmarks/levers.py")
     p.add_argument("--notes", default=None, help="a markdown file appended as the report's discussion")
     p.add_argument("--out", default="reports/side_by_side.md")
@@ -369,20 +307,22 @@ def main() -> None:
     lines += speed_section(speed) + model_only_section(model_only) + elsewhere([model_only], cpu)
     lines += loss_section(loss, speed) + elsewhere([loss], cpu)
     if args.shapes:
-        shapes = [load(path) for path in args.shapes]
+        shapes, extra = [load(path) for path in args.shapes], [load(path) for path in args.shape_rounds]
         if args.plot:
-            plot_shapes(shapes, speed, loss, args.plot)
+            plot_shapes(shapes, extra, speed, loss, args.plot)
         plot = args.plot and os.path.relpath(args.plot, Path(args.out).parent)
-        lines += shapes_section(shapes, speed, loss, plot)  # a CPU column
+        lines += shapes_section(shapes, extra, speed, loss, plot)  # a CPU column
     generation = [load(path) for path in args.generation]
     lines += generation_section(generation) + elsewhere(generation, cpu)
     if args.dpo:
         dpo = [load(path) for path in args.dpo]
         lines += dpo_section(dpo)  # a CPU column
-    for path, section in [(args.startup, startup_section), (args.levers, levers_section)]:
-        if path:
-            result = load(path)
-            lines += section(result) + elsewhere([result], cpu)
+    if args.startup:
+        startup = [load(path) for path in args.startup]
+        lines += startup_section(startup[0], startup[1:]) + elsewhere(startup[:1], cpu)
+    if args.levers:
+        levers = load(args.levers)
+        lines += levers_section(levers) + elsewhere([levers], cpu)
     if args.notes:
         lines += [Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines))

@@ -97,7 +97,10 @@ def main() -> None:
         name = f"lit-llm fit {stage} tiny, to the end of step 1"
         cases[f"{name}, new MLflow store"] = (partial(fit_args, stage, root), True, None)
         cases[f"{name}, existing MLflow store"] = (partial(fit_args, stage, root), True, store)
-    result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "load_avg_start": os.getloadavg(),
+    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip()
+    result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "commit": commit,
+              "load_avg_start": os.getloadavg(),
               "rows": [], "baseline": args.baseline_commit if args.baseline else None}
     sides = [("seconds", None)] + ([("baseline_seconds", str(args.baseline))] if args.baseline else [])
     for name, (cli_args, first_step, tracking) in cases.items():
