@@ -172,9 +172,14 @@ def nanogpt_model(nanogpt: Path | str, vocab_size: int) -> torch.nn.Module:
                          n_head=SHAPE["n_head"], n_embd=SHAPE["n_embd"], dropout=0.0, bias=False))
 
 
-def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60, backbone: tuple[str, ...] = ()) -> list[dict]:
+def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60, backbone: tuple[str, ...] = (),
+                      compile_blocks: bool = False) -> list[dict]:
     """The two models alone in one plain PyTorch loop on identical random batches, alternating: separates the
-    models' own speed from the training frameworks around them (ours in the `--backbone` shape, if given)."""
+    models' own speed from the training frameworks around them (ours in the `--backbone` shape, if given; with
+    `compile_blocks`, also a copy of ours with each block compiled as `lit_llm.callbacks.Compile` does, its
+    compilation in the first round's warm-up steps)."""
+    import copy
+
     import torch.nn.functional as F
 
     from lit_llm.model import ModelConfig, Transformer
@@ -184,15 +189,26 @@ def model_only_rounds(nanogpt: Path, rounds: int, steps: int = 60, backbone: tup
     shape = {"n_layer": SHAPE["n_layer"], "n_head": SHAPE["n_head"], "d_model": SHAPE["n_embd"], "d_ff": D_FF}
     shape.update({key: int(value) for key, value in (kv.split("=", 1) for kv in backbone)})
     ours = Transformer(ModelConfig(vocab_size=V, max_seq_len=T, **shape))
+    compiled = copy.deepcopy(ours) if compile_blocks else None
+    for block in compiled.blocks if compiled is not None else ():
+        block.compile()  # in place, as the Compile callback does
+
+    def ours_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
     rows = []
     for r in range(rounds):
         batches = [(torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))) for _ in range(steps)]
         t_nano = model_step_seconds(nano, lambda m, x, y: m(x, y)[1], batches)
-        t_ours = model_step_seconds(ours, lambda m, x, y: F.cross_entropy(m(x).flatten(0, 1), y.flatten()), batches)
+        t_ours = model_step_seconds(ours, ours_loss, batches)
         rows.append({"round": r, "nanogpt_tokens_per_s": TOKENS_PER_STEP / t_nano,
-                     "ours_tokens_per_s": TOKENS_PER_STEP / t_ours, "ratio": t_nano / t_ours,
-                     "load_avg": os.getloadavg()[0]})
-        print(f"model-only round {r}: ratio {rows[-1]['ratio']:.3f}", flush=True)
+                     "ours_tokens_per_s": TOKENS_PER_STEP / t_ours, "ratio": t_nano / t_ours})
+        if compiled is not None:
+            t_compiled = model_step_seconds(compiled, ours_loss, batches)
+            rows[-1].update(compiled_tokens_per_s=TOKENS_PER_STEP / t_compiled, compiled_ratio=t_nano / t_compiled)
+        rows[-1]["load_avg"] = os.getloadavg()[0]
+        print(f"model-only round {r}: ratio {rows[-1]['ratio']:.3f}"
+              + (f", compiled {rows[-1]['compiled_ratio']:.3f}" if compiled is not None else ""), flush=True)
     return rows
 
 
@@ -231,7 +247,7 @@ def main() -> None:
     p.add_argument("--loss-steps", type=int, default=2000, help="0 skips the loss comparison")
     p.add_argument("--model-only-rounds", type=int, default=0,
                    help="also time the two models alone in one plain PyTorch loop (imports the checkout's model.py; "
-                        "ours in the --backbone shape)")
+                        "ours in the --backbone shape; with --compile, ours with compiled blocks too)")
     p.add_argument("--eval-iters", type=int, default=200, help="nanoGPT's val batches per estimate")
     p.add_argument("--eval-interval", type=int, default=EVAL_INTERVAL,
                    help="steps between val-loss evaluations (both)")
@@ -262,7 +278,8 @@ def main() -> None:
               "compile": args.compile, "backbone": args.backbone,
               "load_avg_start": os.getloadavg()}
     if args.model_only_rounds:
-        result["model_only"] = model_only_rounds(args.nanogpt, args.model_only_rounds, backbone=tuple(args.backbone))
+        result["model_only"] = model_only_rounds(args.nanogpt, args.model_only_rounds, backbone=tuple(args.backbone),
+                                                  compile_blocks=args.compile)
     dataset = write_nanogpt_dataset(args.data, args.nanogpt)
     result["speed"] = speed_rounds(args, dataset) if args.rounds else []
     if args.loss_steps:
