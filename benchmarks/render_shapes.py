@@ -45,17 +45,19 @@ def shape_rows(results: list[dict], speed: dict, loss: dict) -> list[tuple[dict,
     return [(speed, loss)] + [(r, r) for r in results]
 
 
-def pooled(results: list[dict]) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """Per (shape, CPU), in the order first seen: every run's speed rounds (eager and compiled ratios) and its
-    models-alone rounds, pooled; `runs` counts the runs."""
+POOLED = ("runs", "ratio", "compiled_ratio", "model_only_ratio", "model_only_compiled_ratio")
+
+
+def pooled(results: list[dict]) -> dict[tuple[str, str], dict[str, list]]:
+    """Per (shape, CPU), in the order first seen: every run's speed rounds and its models-alone rounds (eager and
+    compiled ratios of each), pooled; `runs` lists the runs' commands."""
     groups: dict[tuple[str, str], dict[str, list[float]]] = {}
     for result in results:
-        group = groups.setdefault((shape_label(result), cpu_of(result)),
-                                  {"runs": [], "ratio": [], "compiled_ratio": [], "model_only": []})
+        group = groups.setdefault((shape_label(result), cpu_of(result)), {key: [] for key in POOLED})
         group["runs"].append(result["command"])
         for key in ("ratio", "compiled_ratio"):
             group[key] += [r[key] for r in result.get("speed", []) if key in r]
-        group["model_only"] += [r["ratio"] for r in result.get("model_only", [])]
+            group[f"model_only_{key}"] += [r[key] for r in result.get("model_only", []) if key in r]
     return groups
 
 
@@ -95,12 +97,13 @@ def pooled_section(results: list[dict]) -> list[str]:
     lines = ["", "### Every run of a shape, pooled", "",
              "The rounds of all runs of one shape on one CPU together (the rows above, and runs without loss runs: "
              "speed rounds only, `--loss-steps 0`, or the models alone, `--rounds 0 --model-only-rounds N`): median "
-             "and quartiles of the per-round ratios.", "",
+             "and quartiles of the per-round ratios. The models alone run in one plain loop in one process, "
+             "alternating (the least noisy measure); with `--compile` the loop also times our model with its blocks "
+             "compiled, against nanoGPT's eager model.", "",
              "| lit_llm shape | CPU | runs | eager / nanoGPT | rounds | compiled / nanoGPT | rounds | models alone | "
-             "rounds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "rounds | models alone, ours compiled | rounds |", "|---|---|---:|" + "---:|---:|" * 4]
     for (shape, cpu), g in groups.items():
-        cells = [f"{quartile_text(g[key])} | {len(g[key])}" if g[key] else "– | 0"
-                 for key in ("ratio", "compiled_ratio", "model_only")]
+        cells = [f"{quartile_text(g[key])} | {len(g[key])}" if g[key] else "– | 0" for key in POOLED[1:]]
         lines.append(f"| {shape} | {cpu} | {len(g['runs'])} | {' | '.join(cells)} |")
     extra = [r for r in results if "loss" not in r]
     return lines + ["", "Commands of the runs without loss runs:", ""] + [f"    python {r['command']}" for r in extra]
