@@ -45,7 +45,7 @@ from mlflow import MlflowClient
 
 from lit_llm.cli import LitLLMCLI
 from lit_llm.data.text import TextDataModule
-from lit_llm.tracking import cpu_model
+from lit_llm.tracking import cpu_model, git_describe
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "pretrain" / "shakespeare.yaml"
@@ -270,10 +270,8 @@ def main() -> None:
         return
     if args.nanogpt is None:
         p.error("--nanogpt (a nanoGPT checkout) is required")
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                            text=True).stdout.strip()
     result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
-              "cpu": cpu_model(), "commit": commit,
+              "cpu": cpu_model(), "commit": git_describe(REPO),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "nanogpt_commit": args.nanogpt_commit,
               "compile": args.compile, "backbone": args.backbone,
               "load_avg_start": os.getloadavg()}

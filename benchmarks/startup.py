@@ -89,7 +89,7 @@ def main() -> None:
     store = f"sqlite:///{existing.name}/mlflow.db"
     from mlflow import MlflowClient
 
-    from lit_llm.tracking import cpu_model  # here: the runs import this file (FirstStep) with a baseline's lit_llm
+    from lit_llm.tracking import cpu_model, git_describe  # here: the runs import this file (FirstStep) with a baseline's lit_llm
 
     MlflowClient(store).search_experiments()  # creates the tables
     cases = {"lit-llm --help": (lambda work: ["--help"], False, None)}
@@ -97,9 +97,7 @@ def main() -> None:
         name = f"lit-llm fit {stage} tiny, to the end of step 1"
         cases[f"{name}, new MLflow store"] = (partial(fit_args, stage, root), True, None)
         cases[f"{name}, existing MLflow store"] = (partial(fit_args, stage, root), True, store)
-    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip()
-    result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "commit": commit,
+    result = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "commit": git_describe(REPO),
               "load_avg_start": os.getloadavg(),
               "rows": [], "baseline": args.baseline_commit if args.baseline else None}
     sides = [("seconds", None)] + ([("baseline_seconds", str(args.baseline))] if args.baseline else [])

@@ -273,18 +273,26 @@ class MLflowLogger(MLFlowLogger):
                     f"with lit_llm.resilient.send_unsent_metrics){lost}")
 
 
+def _git(cwd: str, *args: str) -> str | None:
+    """`git <args>`'s output in `cwd`, None outside git (or without git)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 @lru_cache(maxsize=1)
 def git_sha() -> str:
     """Commit of the lit_llm checkout (or of the working directory), 'unknown' outside git."""
     here = os.path.dirname(os.path.abspath(__file__))
-    for cwd in (here, os.getcwd()):
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if out.returncode == 0:
-            return out.stdout.strip()
-    return "unknown"
+    return _git(here, "rev-parse", "HEAD") or _git(os.getcwd(), "rev-parse", "HEAD") or "unknown"
+
+
+def git_describe(path: str | os.PathLike) -> str:
+    """The checkout holding `path` as `git describe --always --dirty` (a short commit, "-dirty" when files differ
+    from it), 'unknown' outside git: what a benchmark's JSON records beside its numbers."""
+    return _git(str(path), "describe", "--always", "--dirty") or "unknown"
 
 
 def package_versions() -> dict[str, str]:
